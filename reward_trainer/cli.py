@@ -1,0 +1,105 @@
+"""The `reward-trainer` command line.
+
+    reward-trainer train --config recipes/quickstart.yaml [--any_field value ...]
+
+A `--config` YAML file gives defaults, flags on the command line override them, and an unknown key in
+either is an error that names it. Bad input ends with one line on stderr and exit code 2.
+"""
+
+import json
+import sys
+from collections.abc import Callable
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import DataArguments, ModelArguments, RewardConfig
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """A bad command line or configuration file."""
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message):  # argparse prints the whole usage and exits; we want one line
+        raise UsageError(message)
+
+
+def yaml_to_argv(path: str, known: set[str]) -> list[str]:
+    """Turns a YAML recipe into command-line flags, so that argparse type-checks its values too."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UsageError(f"config file {path!r} does not exist") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path!r} must be a mapping of `key: value`, got {type(values).__name__}")
+    argv = []
+    for key, value in values.items():
+        if key not in known:
+            raise UsageError(f"config file {path!r}: unknown key {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_args(argv: list[str], dataclass_types=(ModelArguments, DataArguments, RewardConfig)):
+    """`--config FILE` (optional) then flags; returns one instance of each dataclass."""
+    parser = _Parser(dataclass_types)
+    known = {action.dest for action in parser._actions}
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UsageError("--config needs a file path")
+        argv = yaml_to_argv(argv[i + 1], known) + argv[:i] + argv[i + 2 :]
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # unknown flags, or a TrainingArguments consistency check
+        raise UsageError(str(err).splitlines()[0]) from None
+
+
+def run_and_report_errors(fn: Callable[[], object]) -> int:
+    """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback."""
+    from .data import DataError
+    from .modeling import ModelLoadError
+
+    try:
+        fn()
+    except (UsageError, DataError, ModelLoadError) as err:
+        print(f"reward-trainer: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    def run():
+        from .train import train
+
+        train(*parse_args(argv))
+
+    return run_and_report_errors(run)
+
+
+COMMANDS = {"train": train_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: reward-trainer {{{','.join(COMMANDS)}}} [--config FILE] [--field value ...]", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Loading a backbone as a reward model, and the tokenizer conventions that make its rewards exact.
+
+Where the reward is read: `AutoModelForSequenceClassification` scores the last token whose id is not
+`pad_token_id`. Two conventions make that token the last real token, for either padding side:
+
+1. The pad token is its own token. When a tokenizer has none, or reuses EOS as pad (GPT-2, Llama), a
+   `<|pad|>` token is added and the embeddings grow by one row. With pad == eos the model would skip
+   an appended EOS and score the token before it (a known bug of peers).
+2. Every sequence ends with a special token. Causal tokenizers (GPT-2, Llama, Qwen2) are set to append
+   EOS, so the reward is read at EOS, after the model has seen the whole response; this is saved with
+   the tokenizer, so `AutoTokenizer.from_pretrained(checkpoint)(text)` appends it too. Encoders (BERT)
+   already end with `[SEP]` and read the reward from `[CLS]`; they are left as they are.
+"""
+
+import os
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import BUILTIN_MODEL, ModelArguments
+
+PAD_TOKEN = "<|pad|>"
+
+
+class ModelLoadError(ValueError):
+    """The model or tokenizer could not be loaded; the message says which path and why."""
+
+
+def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Loads (or, for `builtin:tiny-gpt2`, builds) a scalar-head model and its tokenizer."""
+    name = model_args.model_name_or_path
+    if name == BUILTIN_MODEL:
+        from .quickstart import build_tiny_gpt2, build_tokenizer
+
+        tokenizer = build_tokenizer()
+        return build_tiny_gpt2(tokenizer), tokenizer
+    if name.startswith("builtin:"):
+        raise ModelLoadError(f"unknown built-in model {name!r}; the built-in model is {BUILTIN_MODEL!r}")
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # Hub ids are `name` or `org/name`
+    if looks_local and not os.path.isdir(name):
+        raise ModelLoadError(f"model path {name!r} does not exist")
+    if os.path.isdir(name):
+        _check_safetensors(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path or name,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name,
+            num_labels=1,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=True,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
+    prepare_tokenizer_and_model(tokenizer, model)
+    return model, tokenizer
+
+
+def _check_safetensors(path: str) -> None:
+    files = os.listdir(path)
+    if any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+        return
+    pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    if pickles:
+        raise ModelLoadError(
+            f"{path!r} holds only pickle weights ({', '.join(sorted(pickles))}); reward_trainer loads safetensors only, "
+            "since unpickling can run arbitrary code. Convert them to safetensors with a tool you trust."
+        )
+
+
+def ends_with_special_token(tokenizer: PreTrainedTokenizerBase) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[-1] in tokenizer.all_special_ids
+
+
+def prepare_tokenizer_and_model(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Applies the two conventions of this module's docstring, in place."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if not ends_with_special_token(tokenizer):
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("the tokenizer has no EOS token to end sequences with; set one with `eos_token`")
+        tokenizer.add_eos_token = True
+        tokenizer.update_post_processor()
+        if not ends_with_special_token(tokenizer):
+            raise ModelLoadError(f"could not make tokenizer {type(tokenizer).__name__} append EOS")
+    model.config.pad_token_id = tokenizer.pad_token_id

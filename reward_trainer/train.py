@@ -1,0 +1,70 @@
+"""The training run: parse arguments, load model and data, train, evaluate, save.
+
+    reward-trainer train --config recipes/quickstart.yaml
+    accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
+"""
+
+import logging
+import os
+import sys
+
+import datasets
+import transformers
+from transformers import set_seed
+
+from .collator import PreferenceCollator
+from .config import DataArguments, ModelArguments, RewardConfig
+from .data import load_preference_data, write_report
+from .metrics import compute_metrics
+from .modeling import load_reward_model
+from .trainer import RewardTrainer
+
+logger = logging.getLogger("reward_trainer")
+
+RELOAD_SNIPPET = """from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model, tok = AutoModelForSequenceClassification.from_pretrained("{path}"), AutoTokenizer.from_pretrained("{path}")
+reward = model(**tok("<prompt><response>", return_tensors="pt")).logits[0, 0].item()"""
+
+
+def setup_logging(training_args: RewardConfig) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    level = training_args.get_process_log_level()  # INFO on the main process, WARNING on the others
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: RewardConfig) -> dict[str, float]:
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    model, tokenizer = load_reward_model(model_args)
+    with training_args.main_process_first(desc="preprocessing"):
+        data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
+    if training_args.should_save:
+        write_report(data.report, training_args.output_dir)
+    logger.info("data: %s", data.report)
+
+    trainer = RewardTrainer(
+        model=model,
+        args=training_args,
+        data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = {}
+    if data.eval is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        path = os.path.abspath(training_args.output_dir)
+        if "eval_accuracy" in metrics:
+            print(f"eval_accuracy: {metrics['eval_accuracy']:.4f}")
+        print(f"Saved reward model to {path}\nReload it with plain transformers:\n{RELOAD_SNIPPET.format(path=path)}")
+    return metrics
