@@ -272,8 +272,12 @@ def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
             generator, features=RAW_FEATURES, gen_kwargs={"path": os.path.abspath(path), "stamp": (stat.st_size, stat.st_mtime_ns)},
             cache_dir=cache_dir,
         )
-    except DatasetGenerationError as err:
-        cause = err.__cause__ or err
+    except (ValueError, DatasetGenerationError) as err:  # `datasets` says "no data" when nothing was yielded
+        if isinstance(err, DataError):
+            raise
+        if not isinstance(err, DatasetGenerationError):
+            raise DataError(f"{path}: row 1: the file is empty (no rows)") from None
+        cause = err.__cause__ or err.__context__ or err
         if isinstance(cause, DataError):
             raise cause from None
         raise DataError(f"{path}: cannot read: {_first_line(cause)}") from None
