@@ -639,41 +639,119 @@ def truncate_keep_end(tokenizer, prompt: str, responses: list[str], max_length: 
     belongs to the response. Boundaries come from the offset mapping, so the result is exactly a contiguous
     part of the untruncated token ids.
     """
-    encoded = tokenizer([prompt + r for r in responses], return_offsets_mapping=True, return_special_tokens_mask=True)
-    parts = []
-    for ids, offsets, special in zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]):
-        lead, trail = split_special(special)
-        middle_ends = [end for _, end in offsets[lead : len(ids) - trail]]
-        n_prompt = bisect.bisect_right(middle_ends, len(prompt))
-        parts.append((ids[:lead], ids[lead : lead + n_prompt], ids[lead + n_prompt : len(ids) - trail], ids[len(ids) - trail :]))
-    room = [max_length - len(lead) - len(trail) for lead, _, _, trail in parts]
-    if min(room) < 1:
-        raise DataError(f"max_length {max_length} leaves no room for text after the special tokens")
-    prompt_room = max(0, min(r - len(response) for r, (_, _, response, _) in zip(room, parts)))
-    out = []
-    for r, (lead, prompt_ids, response_ids, trail) in zip(room, parts):
-        kept_prompt = prompt_ids[len(prompt_ids) - min(prompt_room, len(prompt_ids)) :]
-        out.append(lead + kept_prompt + response_ids[: r - len(kept_prompt)] + trail)
+    return _truncate_rows(tokenizer, [prompt], [responses], max_length)[0]
+
+
+def _truncate_rows(tokenizer, prompts: list[str], responses: list[list[str]], max_length: int) -> list[list[list[int]]]:
+    texts = [p + r for p, rs in zip(prompts, responses) for r in rs]
+    encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True, return_attention_mask=False, return_token_type_ids=False)
+    out, k = [], 0
+    for prompt, rs in zip(prompts, responses):
+        parts = []
+        for ids, offsets, special in zip(*(encoded[key][k : k + len(rs)] for key in ("input_ids", "offset_mapping", "special_tokens_mask"))):
+            lead, trail = split_special(special)
+            middle_ends = [end for _, end in offsets[lead : len(ids) - trail]]
+            n_prompt = bisect.bisect_right(middle_ends, len(prompt))
+            parts.append((ids[:lead], ids[lead : lead + n_prompt], ids[lead + n_prompt : len(ids) - trail], ids[len(ids) - trail :]))
+        k += len(rs)
+        room = [max_length - len(lead) - len(trail) for lead, _, _, trail in parts]
+        if min(room) < 1:
+            raise DataError(f"max_length {max_length} leaves no room for text after the special tokens")
+        prompt_room = max(0, min(r - len(response) for r, (_, _, response, _) in zip(room, parts)))
+        row = []
+        for r, (lead, prompt_ids, response_ids, trail) in zip(room, parts):
+            kept_prompt = prompt_ids[len(prompt_ids) - min(prompt_room, len(prompt_ids)) :]
+            row.append(lead + kept_prompt + response_ids[: r - len(kept_prompt)] + trail)
+        out.append(row)
     return out
 
 
-def _tokenize_batch(batch: dict, tokenizer, max_length: int | None, truncation: str) -> dict:
-    texts = [p + r for p, responses in zip(batch["prompt"], batch["responses"]) for r in responses]
-    flat = tokenizer(texts)["input_ids"]
-    ids, status, start = [], [], 0
-    for prompt, responses in zip(batch["prompt"], batch["responses"]):
-        row = flat[start : start + len(responses)]
-        start += len(responses)
-        if max_length is None or all(len(x) <= max_length for x in row):
-            ids.append(row)
-            status.append("kept")
-        elif truncation == "filter":
-            ids.append([])
-            status.append("filtered")
-        else:
-            ids.append(truncate_keep_end(tokenizer, prompt, responses, max_length))
-            status.append("truncated")
+def special_affixes(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The special tokens the tokenizer puts before and after one sequence (e.g. [CLS] / [SEP], or - / EOS)."""
+    full, bare = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return None
+
+
+def _pieces(pre_tokenizer, text: str, shift: int = 0) -> list[tuple[int, int]]:
+    return [(start + shift, end + shift) for _, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
+
+
+def _splits_cleanly(pre_tokenizer, prompt_tail: list, tail: str, response: str, window: int = 16) -> bool:
+    """Whether pre-tokenizing prompt and response apart gives the pieces of their concatenation near the seam."""
+    head = response[:window]
+    return _pieces(pre_tokenizer, tail + head) == prompt_tail + _pieces(pre_tokenizer, head, shift=len(tail))
+
+
+def _ids(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    # ids only: building attention masks and token type ids would cost a quarter of the time again
+    return tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def _encode_rows(tokenizer, prompts: list[str], responses: list[list[str]], affixes) -> list[list[list[int]]]:
+    """`tokenizer(prompt + response)["input_ids"]` for every response of every row.
+
+    With `affixes` (the tokenizer was checked to allow it, see `tokenize`), the prompt is tokenized once per row
+    and each response apart, then joined, wherever the pre-tokenizer splits the text at the seam exactly as it
+    splits the parts; elsewhere the whole text is tokenized. Both give the same ids; the first skips the prompt
+    for every response after the first, which is most of the text in multi-turn data.
+    """
+    if affixes is None:
+        flat = _ids(tokenizer, [p + r for p, rs in zip(prompts, responses) for r in rs])
+        out, start = [], 0
+        for rs in responses:
+            out.append(flat[start : start + len(rs)])
+            start += len(rs)
+        return out
+    lead, trail = affixes
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    prompt_ids = _ids(tokenizer, prompts, add_special_tokens=False)
+    response_ids = _ids(tokenizer, [r for rs in responses for r in rs], add_special_tokens=False)
+    out, whole, k = [], [], 0
+    for i, (prompt, rs) in enumerate(zip(prompts, responses)):
+        tail = prompt[-16:]
+        tail_pieces = _pieces(pre, tail) if prompt else []
+        row = []
+        for j, response in enumerate(rs):
+            if not prompt or _splits_cleanly(pre, tail_pieces, tail, response):
+                row.append(lead + prompt_ids[i] + response_ids[k] + trail)
+            else:
+                row.append(None)
+                whole.append((i, j, prompt + response))
+            k += 1
+        out.append(row)
+    if whole:
+        for (i, j, _), ids in zip(whole, _ids(tokenizer, [text for _, _, text in whole])):
+            out[i][j] = ids
+    return out
+
+
+def _tokenize_batch(batch: dict, tokenizer, max_length: int | None, truncation: str, affixes) -> dict:
+    ids = _encode_rows(tokenizer, batch["prompt"], batch["responses"], affixes)
+    status = ["kept"] * len(ids)
+    too_long = [i for i, row in enumerate(ids) if max_length is not None and any(len(x) > max_length for x in row)]
+    if truncation == "filter":
+        for i in too_long:
+            ids[i], status[i] = [], "filtered"
+    elif too_long:
+        cut = _truncate_rows(tokenizer, [batch["prompt"][i] for i in too_long], [batch["responses"][i] for i in too_long], max_length)
+        for i, row in zip(too_long, cut):
+            ids[i], status[i] = row, "truncated"
     return {"ids": ids, "_status": status}
+
+
+def separate_encoding_affixes(tokenizer, rows: Dataset, sample: int = 64):
+    """`special_affixes` if encoding prompt and response apart reproduces whole-text ids on a sample, else None."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None or tokenizer.backend_tokenizer.pre_tokenizer is None:
+        return None
+    affixes = special_affixes(tokenizer)
+    if affixes is None or len(rows) == 0:
+        return None
+    head = rows.select(range(min(sample, len(rows))))
+    prompts, responses = list(head["prompt"]), list(head["responses"])
+    return affixes if _encode_rows(tokenizer, prompts, responses, affixes) == _encode_rows(tokenizer, prompts, responses, None) else None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -687,11 +765,13 @@ def tokenize(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataA
     if data_args.truncation not in ("keep_end", "filter"):
         raise DataError(f"truncation must be `keep_end` or `filter`, got {data_args.truncation!r}")
     settings = (data_args.max_length, data_args.truncation)
+    affixes = separate_encoding_affixes(tokenizer, rows)
     return rows.map(
         _tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length, "truncation": data_args.truncation},
+        fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length, "truncation": data_args.truncation, "affixes": affixes},
         num_proc=_num_proc(data_args.dataset_num_proc, rows),
+        features=Features({**rows.features, "ids": Sequence(Sequence(Value("int32"))), "_status": Value("string")}),
         new_fingerprint=_fingerprint(rows._fingerprint, tokenizer_fingerprint(tokenizer), *settings),
         desc="Tokenizing",
     )
