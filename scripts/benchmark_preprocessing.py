@@ -35,7 +35,13 @@ def load_tokenizer():
 
 
 def ours(raw: Dataset, tokenizer, max_length: int, num_proc: int | None, truncation: str) -> int:
-    args = DataArguments(dataset_name="bench", max_length=max_length, truncation=truncation, on_bad_row="skip", dataset_num_proc=num_proc)
+    args = DataArguments(
+        dataset_name="bench",
+        max_length=max_length,
+        truncation=truncation,
+        on_bad_row="skip",
+        dataset_num_proc=num_proc,
+    )
     spec: FormatSpec = resolve_format(raw, args)
     rows = normalize(raw, spec, file="bench", tokenizer=tokenizer, chat_template="", seed=0, num_proc=num_proc)
     report = {"skipped": 0, "skipped_rows": []}
@@ -52,7 +58,14 @@ def trl(raw: Dataset, tokenizer, max_length: int, num_proc: int | None) -> int:
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.eos_token = tokenizer.sep_token
     with tempfile.TemporaryDirectory() as tmp:
-        config = RewardConfig(output_dir=tmp, max_length=max_length, dataset_num_proc=num_proc, report_to="none", use_cpu=True, bf16=False)
+        config = RewardConfig(
+            output_dir=tmp,
+            max_length=max_length,
+            dataset_num_proc=num_proc,
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+        )
         return len(RewardTrainer._prepare_dataset(None, raw, tokenizer, config, "train"))
 
 
@@ -71,7 +84,9 @@ def main():
     raw = concatenate_datasets([hh] * copies).select(range(args.pairs))
     raw = Dataset.from_dict(raw.to_dict())  # in memory: both pipelines start from the same table
     name, tokenizer = load_tokenizer()
-    print(f"{args.pairs} HH-RLHF harmless-base pairs, tokenizer {name}, max_length {args.max_length}, num_proc {args.num_proc}")
+    print(
+        f"{args.pairs} HH-RLHF harmless-base pairs, tokenizer {name}, max_length {args.max_length}, num_proc {args.num_proc}"
+    )
 
     results = {}
     for label, run in [

@@ -51,7 +51,9 @@ def pairs(n, prefix="Question"):
 
 def load(path, tokenizer, tmp_path, **kw):
     kw.setdefault("eval_fraction", 0.0)
-    return load_preference_data(DataArguments(dataset_name=str(path), dataset_cache_dir=str(tmp_path / "cache"), **kw), tokenizer)
+    return load_preference_data(
+        DataArguments(dataset_name=str(path), dataset_cache_dir=str(tmp_path / "cache"), **kw), tokenizer
+    )
 
 
 def assert_accounted(report):
@@ -64,7 +66,11 @@ def assert_accounted(report):
 def test_split_implicit_prompt_at_the_last_shared_assistant_turn():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: sure"
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no"
-    assert split_implicit_prompt(chosen, rejected) == ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:", " sure", " no")
+    assert split_implicit_prompt(chosen, rejected) == (
+        "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:",
+        " sure",
+        " no",
+    )
 
 
 def test_split_implicit_prompt_when_conversations_differ_before_the_final_turn():
@@ -114,7 +120,7 @@ def test_keep_end_keeps_trailing_eos_of_a_causal_tokenizer(tiny_tokenizer):
     full = [ids(tiny_tokenizer, prompt + r) for r in responses]
     cut = truncate_keep_end(tiny_tokenizer, prompt, responses, 6)
     eos = tiny_tokenizer.eos_token_id
-    for whole, short in zip(full, cut):
+    for whole, short in zip(full, cut, strict=False):
         assert len(short) == 6 and short[-1] == eos
         # a contiguous tail of the untruncated ids: the prompt was cut from the left, the response kept whole
         assert whole[-6:] == short
@@ -137,15 +143,26 @@ def test_explicit_prompt_ids_are_those_of_prompt_plus_response(tmp_path, tiny_to
 
 
 def test_implicit_prompt_hh_format(tmp_path, tiny_tokenizer):
-    rows = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}"} for i in range(5)]
+    rows = [
+        {"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}"}
+        for i in range(5)
+    ]
     result = load(write_jsonl(tmp_path / "hh.jsonl", rows), tiny_tokenizer, tmp_path)
     assert result.report["sources"][0]["format"] == "implicit_prompt"
-    assert sorted(map(tuple, result.train["chosen_ids"])) == sorted(tuple(ids(tiny_tokenizer, r["chosen"])) for r in rows)
+    assert sorted(map(tuple, result.train["chosen_ids"])) == sorted(
+        tuple(ids(tiny_tokenizer, r["chosen"])) for r in rows
+    )
 
 
 def test_conversational_uses_the_chat_template_or_a_default(tmp_path, tiny_tokenizer):
     msg = lambda role, text: {"role": role, "content": text}  # noqa: E731
-    rows = [{"chosen": [msg("user", f"key {i}"), msg("assistant", "red")], "rejected": [msg("user", f"key {i}"), msg("assistant", "tan")]} for i in range(4)]
+    rows = [
+        {
+            "chosen": [msg("user", f"key {i}"), msg("assistant", "red")],
+            "rejected": [msg("user", f"key {i}"), msg("assistant", "tan")],
+        }
+        for i in range(4)
+    ]
     result = load(write_jsonl(tmp_path / "c.jsonl", rows), tiny_tokenizer, tmp_path)
     assert result.report["sources"][0]["format"] == "conversational"
     chosen = sorted(map(tuple, result.train["chosen_ids"]))
@@ -168,13 +185,16 @@ def test_ties_are_kept_for_eval_with_weight_0_and_left_out_of_training(tmp_path,
     report = result.report
     assert report["ties"] == 20 and report["kept"] == 20
     assert all(t == 0.0 for t in result.train["tie"])
-    eval_ties = [(w, t) for w, t in zip(result.eval["weight"], result.eval["tie"]) if t == 1.0]
+    eval_ties = [(w, t) for w, t in zip(result.eval["weight"], result.eval["tie"], strict=False) if t == 1.0]
     assert eval_ties and all(w == 0.0 for w, _ in eval_ties)
     assert len(result.train) + len(result.eval) == 20 + len(eval_ties)
 
 
 def test_ranking_expands_to_all_pairs_with_weight_summing_to_1(tmp_path, tiny_tokenizer):
-    rows = [{"prompt": "Rank 1:", "responses": [" a", " b", " c", " d"]}, {"prompt": "Rank 2:", "responses": [" x", " y"], "scores": [1.0, 3.0]}]
+    rows = [
+        {"prompt": "Rank 1:", "responses": [" a", " b", " c", " d"]},
+        {"prompt": "Rank 2:", "responses": [" x", " y"], "scores": [1.0, 3.0]},
+    ]
     train = load(write_jsonl(tmp_path / "r.jsonl", rows), tiny_tokenizer, tmp_path).train
     assert len(train) == 6 + 1  # K(K-1)/2 pairs per prompt
     groups = {}
@@ -240,7 +260,9 @@ def test_every_local_source_kind_loads_the_same_pairs(kind, tmp_path, tiny_token
 
 
 def test_a_saved_dataset_dict_uses_its_own_eval_split(tmp_path, tiny_tokenizer):
-    DatasetDict({"train": Dataset.from_list(pairs(10)), "test": Dataset.from_list(pairs(4, "Other"))}).save_to_disk(str(tmp_path / "dd"))
+    DatasetDict({"train": Dataset.from_list(pairs(10)), "test": Dataset.from_list(pairs(4, "Other"))}).save_to_disk(
+        str(tmp_path / "dd")
+    )
     result = load(tmp_path / "dd", tiny_tokenizer, tmp_path, eval_fraction=0.5)
     assert len(result.train) == 10 and len(result.eval) == 4
 
@@ -248,7 +270,9 @@ def test_a_saved_dataset_dict_uses_its_own_eval_split(tmp_path, tiny_tokenizer):
 def test_mixture_weights_take_a_fraction_of_each_source(tmp_path, tiny_tokenizer):
     a = write_jsonl(tmp_path / "a.jsonl", pairs(40, "A"))
     b = write_jsonl(tmp_path / "b.jsonl", pairs(10, "B"))
-    args = DataArguments(dataset_mixture=json.dumps({a: 0.25, b: 1.0}), eval_fraction=0.0, dataset_cache_dir=str(tmp_path / "c"))
+    args = DataArguments(
+        dataset_mixture=json.dumps({a: 0.25, b: 1.0}), eval_fraction=0.0, dataset_cache_dir=str(tmp_path / "c")
+    )
     result = load_preference_data(args, tiny_tokenizer)
     assert len(result.train) == 10 + 10 and result.report["unused"] == 30 and result.report["input_rows"] == 50
     assert_accounted(result.report)
@@ -265,7 +289,9 @@ def test_missing_file_is_a_data_error(tiny_tokenizer):
 
 
 def test_split_by_prompt_is_deterministic_and_disjoint(tmp_path, tiny_tokenizer):
-    rows = [dict(p, chosen=f" good {j}", rejected=f" bad {j}") for j in range(3) for p in pairs(60)]  # 3 rows per prompt
+    rows = [
+        dict(p, chosen=f" good {j}", rejected=f" bad {j}") for j in range(3) for p in pairs(60)
+    ]  # 3 rows per prompt
     path = write_jsonl(tmp_path / "s.jsonl", rows)
     first = load(path, tiny_tokenizer, tmp_path, eval_fraction=0.3)
     again = load(path, tiny_tokenizer, tmp_path, eval_fraction=0.3)
@@ -290,11 +316,19 @@ def test_filter_policy_drops_overlong_pairs_and_keep_end_truncates_them(tmp_path
 
 
 def test_report_is_written_and_adds_up(tmp_path, tiny_tokenizer):
-    rows = [dict(pairs(1, "T")[0], tie=True)] + pairs(9) + [{"prompt": "Q", "chosen": 1, "rejected": " b"}, *pairs(1, "Z")]
-    result = load(write_jsonl(tmp_path / "r.jsonl", rows), tiny_tokenizer, tmp_path, on_bad_row="skip", max_train_samples=8)
+    rows = (
+        [dict(pairs(1, "T")[0], tie=True)]
+        + pairs(9)
+        + [{"prompt": "Q", "chosen": 1, "rejected": " b"}, *pairs(1, "Z")]
+    )
+    result = load(
+        write_jsonl(tmp_path / "r.jsonl", rows), tiny_tokenizer, tmp_path, on_bad_row="skip", max_train_samples=8
+    )
     report = result.report
     assert report["input_rows"] == 12 and report["skipped"] == 1 and report["ties"] == 1 and report["unused"] == 3
-    assert report["skipped_rows"] == [{"file": str(tmp_path / "r.jsonl"), "row": 11, "reason": "field 'chosen': expected a string, got int"}]
+    assert report["skipped_rows"] == [
+        {"file": str(tmp_path / "r.jsonl"), "row": 11, "reason": "field 'chosen': expected a string, got int"}
+    ]
     assert_accounted(report)
     write_report(report, str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "data_report.json").read_text()) == report
@@ -334,5 +368,5 @@ def test_separate_prompt_encoding_gives_whole_text_ids(tiny_tokenizer, word_toke
     for tokenizer in (tiny_tokenizer, word_tokenizer):
         affixes = data.special_affixes(tokenizer)
         assert data._encode_rows(tokenizer, prompts, responses, affixes) == [
-            [ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses)
+            [ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses, strict=False)
         ]
