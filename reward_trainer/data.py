@@ -17,7 +17,17 @@ the cache instead of tokenizing again):
 6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, and `margin` / `group` when present.
 
 The report (`data_report.json`) puts every input row in exactly one bucket:
-`input_rows == kept + truncated + filtered + ties + skipped + unused`.
+`input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
+`max_train_samples`/`max_eval_samples`; a tie that is also truncated counts as a tie, a filtered one as filtered).
+Whole-file problems (a missing or empty file, a JSON array that does not parse) stop the run in both modes.
+
+    # HH-RLHF (implicit prompt), 4 rows with an empty final response skipped and listed
+    reward-trainer train --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --on_bad_row skip
+    # PandaLM with flags only: prompt = instruction + input, winner = strict majority of three annotators
+    # ("0" tie, "1" response1, "2" response2); a tie majority or a three-way split makes the row a tie
+    reward-trainer train --dataset_name ../shared/data/pandalm/testset-v1.json --on_bad_row skip \
+        --prompt_columns instruction input --response_columns response1 response2 \
+        --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
 """
 
 import bisect

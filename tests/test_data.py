@@ -370,3 +370,11 @@ def test_separate_prompt_encoding_gives_whole_text_ids(tiny_tokenizer, word_toke
         assert data._encode_rows(tokenizer, prompts, responses, affixes) == [
             [ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses, strict=False)
         ]
+
+
+@pytest.mark.slow  # starting worker processes takes ~30 s on 2 busy cores
+def test_num_proc_gives_the_same_pairs(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "n.jsonl", pairs(40))
+    one = load(path, tiny_tokenizer, tmp_path / "a")
+    two = load(path, tiny_tokenizer, tmp_path / "b", dataset_num_proc=2)
+    assert one.train["chosen_ids"] == two.train["chosen_ids"] and one.report == two.report
