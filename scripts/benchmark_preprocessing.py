@@ -75,6 +75,7 @@ def main():
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--num_proc", type=int, default=None, help="processes for both pipelines (default: one)")
+    parser.add_argument("--shards", type=int, default=10, help="pieces the pipelines take turns on")
     args = parser.parse_args()
 
     datasets.disable_caching()
@@ -88,20 +89,30 @@ def main():
         f"{args.pairs} HH-RLHF harmless-base pairs, tokenizer {name}, max_length {args.max_length}, num_proc {args.num_proc}"
     )
 
-    results = {}
-    for label, run in [
-        ("reward_trainer (keep_end)", lambda: ours(raw, tokenizer, args.max_length, args.num_proc, "keep_end")),
-        ("reward_trainer (filter)", lambda: ours(raw, tokenizer, args.max_length, args.num_proc, "filter")),
-        ("trl RewardTrainer", lambda: trl(raw, tokenizer, args.max_length, args.num_proc)),
-    ]:
-        start = time.perf_counter()
-        kept = run()
-        seconds = time.perf_counter() - start
-        results[label] = args.pairs / seconds
-        print(f"{label:28s} {seconds:8.1f} s  {results[label]:9.0f} pairs/s  ({kept} pairs out)")
-    base = results["trl RewardTrainer"]
-    for label in ("reward_trainer (keep_end)", "reward_trainer (filter)"):
-        print(f"ratio {label} / trl: {results[label] / base:.2f}x")
+    # The machine may be shared: run the pipelines shard by shard in rotating order, so that a change of load
+    # falls on all of them alike, and report CPU seconds (this process and its threads) beside wall seconds.
+    runs = {
+        "reward_trainer (keep_end)": lambda shard: ours(shard, tokenizer, args.max_length, args.num_proc, "keep_end"),
+        "reward_trainer (filter)": lambda shard: ours(shard, tokenizer, args.max_length, args.num_proc, "filter"),
+        "trl RewardTrainer": lambda shard: trl(shard, tokenizer, args.max_length, args.num_proc),
+    }
+    wall, cpu, out = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
+    for s in range(args.shards):
+        shard = raw.shard(args.shards, s, contiguous=True)
+        order = list(runs)[s % len(runs) :] + list(runs)[: s % len(runs)]
+        for label in order:
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            out[label] += runs[label](shard)
+            wall[label] += time.perf_counter() - start_wall
+            cpu[label] += time.process_time() - start_cpu
+    for label in runs:
+        print(
+            f"{label:28s} {wall[label]:7.1f} s wall {args.pairs / wall[label]:7.0f} pairs/s | "
+            f"{cpu[label]:7.1f} s CPU {args.pairs / cpu[label]:7.0f} pairs/CPU-s | {out[label]} pairs out"
+        )
+    base = "trl RewardTrainer"
+    for label in list(runs)[:2]:
+        print(f"ratio {label} / trl: {wall[base] / wall[label]:.2f}x wall, {cpu[base] / cpu[label]:.2f}x CPU")
 
 
 if __name__ == "__main__":
