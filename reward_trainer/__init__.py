@@ -5,12 +5,5 @@ from .config import DataArguments, ModelArguments, RewardConfig
 from .loss import bradley_terry_loss
 from .trainer import RewardTrainer
 
-__all__ = [
-    "DataArguments",
-    "ModelArguments",
-    "PreferenceCollator",
-    "RewardConfig",
-    "RewardTrainer",
-    "bradley_terry_loss",
-]
+__all__ = ["DataArguments", "ModelArguments", "PreferenceCollator", "RewardConfig", "RewardTrainer", "bradley_terry_loss"]
 __version__ = "0.1.0"

@@ -39,8 +39,7 @@ class ModelArguments:
         },
     )
     attn_implementation: str | None = field(
-        default=None,
-        metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."},
+        default=None, metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."}
     )
 
 
@@ -57,7 +56,9 @@ class DataArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation, when the dataset has it."})
+    eval_split: str = field(
+        default="test", metadata={"help": "Split used for evaluation, when the dataset has it."}
+    )
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "Held-out fraction, split by prompt, used when the dataset has no `eval_split`."},
@@ -108,18 +109,13 @@ class RewardConfig(TrainingArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_strategy: IntervalStrategy | str = field(
-        default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."}
-    )
-    save_strategy: SaveStrategy | str = field(
-        default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."}
-    )
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
+    save_strategy: SaveStrategy | str = field(default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."})
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Trackers to log to (`tensorboard`, `wandb`, ...), or `none`."}
     )
     remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
+        default=False, metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."}
     )
     center_rewards_coefficient: float | None = field(
         default=None,

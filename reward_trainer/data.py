@@ -21,18 +21,13 @@ class PreferenceData:
     report: dict = field(default_factory=dict)
 
 
-def load_preference_data(
-    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
-) -> PreferenceData:
+def load_preference_data(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42) -> PreferenceData:
     """Loads, splits and tokenizes the pairs named by `data_args`."""
     if data_args.dataset_name == BUILTIN_DATASET:
         from .quickstart import make_pairs
 
         n = data_args.num_synthetic_pairs
-        train, test = (
-            Dataset.from_list(make_pairs(n, seed=seed)),
-            Dataset.from_list(make_pairs(n // 10, seed=seed + 1)),
-        )
+        train, test = Dataset.from_list(make_pairs(n, seed=seed)), Dataset.from_list(make_pairs(n // 10, seed=seed + 1))
     else:
         path = data_args.dataset_name
         if not os.path.exists(path):

@@ -40,9 +40,7 @@ class RewardTrainer(Trainer):
         return (loss, (chosen, rejected)) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        weights = [
-            batch["weight"].sum() if "weight" in batch else batch["input_ids"].shape[0] // 2 for batch in batch_samples
-        ]
+        weights = [batch["weight"].sum() if "weight" in batch else batch["input_ids"].shape[0] // 2 for batch in batch_samples]
         num_items = torch.as_tensor(sum(float(w) for w in weights), device=device)
         if self.args.world_size > 1:
             num_items = self.accelerator.gather(num_items).sum()
