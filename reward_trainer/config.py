@@ -41,6 +41,20 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."}
     )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters plus the whole score head instead of all weights. Saves the adapter in "
+            "`<output_dir>/adapter` and a merged model, loadable by plain transformers, in `<output_dir>`."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. `q_proj v_proj`, `all-linear`); default: PEFT's choice for the model type."},
+    )
 
 
 @dataclass

@@ -16,7 +16,8 @@ from .collator import PreferenceCollator
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_report
 from .metrics import compute_metrics
-from .modeling import load_reward_model
+from .modeling import add_lora, load_reward_model, save_lora_model
+from .scorer import store_reward_normalization
 from .trainer import RewardTrainer
 
 logger = logging.getLogger("reward_trainer")
@@ -38,6 +39,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     setup_logging(training_args)
     set_seed(training_args.seed)
     model, tokenizer = load_reward_model(model_args)
+    if model_args.use_peft:
+        model = add_lora(model, model_args)
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
     if training_args.should_save:
@@ -61,7 +64,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    trainer.save_model(training_args.output_dir)
+        # The scorer's `normalize=True` reads these from config.json; plain transformers ignores them.
+        store_reward_normalization(trainer.model.config, metrics)
+    if model_args.use_peft:
+        if trainer.is_world_process_zero():
+            save_lora_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, training_args.output_dir)
+    else:
+        trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         path = os.path.abspath(training_args.output_dir)
         if "eval_accuracy" in metrics:
