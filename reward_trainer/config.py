@@ -59,13 +59,31 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the preference pairs come from and how they are tokenized."""
+    """Where the preference pairs come from, what shape they have, and how they are tokenized.
+
+    Formats (auto-detected from the columns and logged; force one with `data_format`):
+        explicit_prompt: `prompt`, `chosen`, `rejected` strings.
+        implicit_prompt: `chosen`, `rejected` whole conversations (HH-RLHF); the prompt is their shared
+            prefix up to the last "\\n\\nAssistant:".
+        conversational: `chosen`/`rejected` (and optional `prompt`) lists of {"role", "content"} messages,
+            rendered with the tokenizer's chat template (a plain "role: content" template if it has none).
+        ranking: `prompt` and `responses`, K >= 2 strings best first (or ordered by a `scores` list).
+        column_mapping: `response_columns` + `label_columns` + `label_values` name the columns of anything else.
+    Any pair format may carry `margin` (or `score_chosen`/`score_rejected`) and `tie` columns.
+    """
 
     dataset_name: str = field(
         default=BUILTIN_DATASET,
         metadata={
             "help": "A Hub dataset (e.g. `Anthropic/hh-rlhf`), a local file (.json/.jsonl/.jsonl.gz/.parquet/.csv) or "
-            "directory, or `builtin:code-book`, the offline synthetic task (see `reward_trainer.quickstart`)."
+            "`save_to_disk` directory, or `builtin:code-book`, the offline synthetic task (see `reward_trainer.quickstart`)."
+        },
+    )
+    dataset_mixture: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several sources instead of `dataset_name`: a JSON object (a mapping in YAML) {source: weight}, "
+            "where weight in (0, 1] is the fraction of that source's training rows used, sampled under the seed."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
@@ -75,7 +93,39 @@ class DataArguments:
     )
     eval_fraction: float = field(
         default=0.05,
-        metadata={"help": "Held-out fraction, split by prompt, used when the dataset has no `eval_split`."},
+        metadata={
+            "help": "Held-out fraction, split by prompt (a hash of the prompt under the seed, so no prompt is on both "
+            "sides), used when the dataset has no `eval_split`."
+        },
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Format of the rows; `auto` detects it from the columns (see the class docstring).",
+            "choices": ["auto", "explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping"],
+        },
+    )
+    column_mapping: str | None = field(
+        default=None,
+        metadata={"help": 'Renames columns before detection, as JSON: e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.'},
+    )
+    prompt_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "Columns joined (blank line between, empty ones left out) into the prompt, for `column_mapping`."},
+    )
+    response_columns: list[str] | None = field(
+        default=None, metadata={"help": "Columns holding the candidate responses, for `column_mapping`."}
+    )
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Columns holding each annotator's label, for `column_mapping`. The strict majority label wins; "
+            "a majority for tie, or no strict majority, makes the row a tie."
+        },
+    )
+    label_values: str | None = field(
+        default=None,
+        metadata={"help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'},
     )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest tokenized prompt + response, in tokens. None: no limit."}
@@ -83,8 +133,9 @@ class DataArguments:
     truncation: str = field(
         default="keep_end",
         metadata={
-            "help": "Over-long pairs: `keep_end` cuts the prompt from the left, keeping the response whole, and cuts "
-            "the response only if it alone is too long; `filter` drops the pair (what TRL does).",
+            "help": "Over-long pairs: `keep_end` cuts the prompt from the left (the same tokens for both responses), "
+            "keeping the response whole, and cuts the response from the right only if it alone is too long; special "
+            "tokens at both ends are kept. `filter` drops the pair (what TRL does).",
             "choices": ["keep_end", "filter"],
         },
     )
@@ -96,12 +147,15 @@ class DataArguments:
             "choices": ["error", "skip"],
         },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation pairs."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
     num_synthetic_pairs: int = field(
         default=6000, metadata={"help": "Training pairs generated for `builtin:code-book` (plus 10% held out)."}
     )
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for reading and tokenization."})
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where `datasets` caches processed data (default: `HF_DATASETS_CACHE`)."}
+    )
 
 
 @dataclass
