@@ -1,9 +1,18 @@
 """`RewardTrainer`: the stock `Trainer` with the pairwise Bradley-Terry loss."""
 
+import datasets
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
+from .collator import collator_for
 from .loss import bradley_terry_loss
+from .packing import prefix_shared_rewards
+
+
+def pair_length(row: dict) -> dict[str, int]:
+    """The length a pair is batched by: its longer side."""
+    return {"length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))}
 
 
 class RewardTrainer(Trainer):
@@ -12,19 +21,50 @@ class RewardTrainer(Trainer):
     Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
     pair for `compute_metrics`) and the count of pairs used to scale the loss under gradient accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
+
+    With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
+    sharing for causal models). Under `train_sampling_strategy="group_by_length"` it adds the `length`
+    column (the longer side of each pair) that the stock `LengthGroupedSampler` reads.
     """
 
     # compute_loss normalizes by the pairs of the whole accumulated batch (see `_get_num_items_in_batch`).
     loss_is_scaled_for_ga = True
 
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, **kwargs):
+        if data_collator is None and model is not None and args is not None:
+            data_collator = collator_for(model, args, model.config.pad_token_id)
+        grouped = args is not None and args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        if grouped and isinstance(train_dataset, datasets.Dataset) and args.length_column_name not in train_dataset.column_names:
+            train_dataset = train_dataset.map(pair_length, desc="Measuring pair lengths")
+            if args.length_column_name != "length":
+                train_dataset = train_dataset.rename_column("length", args.length_column_name)
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
+
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight", "tie"]
+            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight", "tie", "group"]
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Keep evaluation in dataset order (the stock sampler follows the training strategy), so that
+        # predictions line up with the rows they score.
+        if self.args.world_size <= 1 and eval_dataset is not None:
+            return SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
 
     def compute_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over chosen and rejected stacked in one batch; returns their rewards, (B,) each."""
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        return logits.squeeze(-1).float().chunk(2)  # (2B, 1) -> (B,), (B,)
+        """Rewards of each pair's chosen and rejected sequence, (B,) each, from the batch the collator built.
+
+        Plain: one forward over chosen and rejected stacked. Deduplicated: the forward covers the distinct
+        sequences and `chosen_index`/`rejected_index` pick each pair's. Prefix-shared: see `packing`.
+        """
+        if "reward_index" in inputs:
+            rewards = prefix_shared_rewards(model, inputs)  # (U,)
+        else:
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+            rewards = logits.squeeze(-1).float()  # (2B,) or (U,)
+            if "chosen_index" not in inputs:
+                return rewards.chunk(2)
+        return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = self.compute_rewards(model, inputs)
@@ -40,7 +80,7 @@ class RewardTrainer(Trainer):
         return (loss, (chosen, rejected)) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        weights = [batch["weight"].sum() if "weight" in batch else batch["input_ids"].shape[0] // 2 for batch in batch_samples]
+        weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]
         num_items = torch.as_tensor(sum(float(w) for w in weights), device=device)
         if self.args.world_size > 1:
             num_items = self.accelerator.gather(num_items).sum()
@@ -55,3 +95,7 @@ class RewardTrainer(Trainer):
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
         human_tie = inputs.get("tie", torch.zeros_like(chosen))
         return loss.detach(), rewards, human_tie
+
+
+def num_pairs(batch: dict[str, torch.Tensor]) -> int:
+    return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
