@@ -27,7 +27,7 @@ import torch
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of two id lists."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -55,7 +55,7 @@ def sequence_trees(rows: list[dict], chosen: list[int], rejected: list[int], n: 
         return i
 
     first_of_group: dict[int, int] = {}
-    for row, c, r in zip(rows, chosen, rejected):
+    for row, c, r in zip(rows, chosen, rejected, strict=True):
         parent[find(c)] = find(r)
         if row.get("group") is not None:
             g = first_of_group.setdefault(int(row["group"]), c)
@@ -133,7 +133,7 @@ def prefix_shared_batch(
             position_ids[r, t : t + p] = torch.arange(p)
             segment[r, t : t + p] = s
             t += p
-            for k, (member, response) in enumerate(zip(tree.members, tree.responses), start=1):
+            for k, (member, response) in enumerate(zip(tree.members, tree.responses, strict=True), start=1):
                 n = len(response)
                 input_ids[r, t : t + n] = torch.as_tensor(response, dtype=torch.long)
                 position_ids[r, t : t + n] = torch.arange(p, p + n)

@@ -52,19 +52,8 @@ class RewardTrainer(Trainer):
         return super()._get_eval_sampler(eval_dataset)
 
     def compute_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards of each pair's chosen and rejected sequence, (B,) each, from the batch the collator built.
-
-        Plain: one forward over chosen and rejected stacked. Deduplicated: the forward covers the distinct
-        sequences and `chosen_index`/`rejected_index` pick each pair's. Prefix-shared: see `packing`.
-        """
-        if "reward_index" in inputs:
-            rewards = prefix_shared_rewards(model, inputs)  # (U,)
-        else:
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-            rewards = logits.squeeze(-1).float()  # (2B,) or (U,)
-            if "chosen_index" not in inputs:
-                return rewards.chunk(2)
-        return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]
+        """Rewards of each pair's chosen and rejected sequence, (B,) each; see `pair_rewards`."""
+        return pair_rewards(model, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = self.compute_rewards(model, inputs)
@@ -99,3 +88,20 @@ class RewardTrainer(Trainer):
 
 def num_pairs(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
+
+
+def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of each pair's chosen and rejected sequence, (B,) each, from the batch a collator built.
+
+    Plain (`PreferenceCollator`): one forward over chosen and rejected stacked. Deduplicated: the forward
+    covers the distinct sequences, and `chosen_index`/`rejected_index` pick each pair's. Prefix-shared
+    (`PrefixSharingCollator`, the batch has `reward_index`): see `reward_trainer.packing`.
+    """
+    if "reward_index" in inputs:
+        rewards = prefix_shared_rewards(model, inputs)  # (U,)
+    else:
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        rewards = logits.squeeze(-1).float()  # (2B,) or (U,)
+        if "chosen_index" not in inputs:
+            return rewards.chunk(2)
+    return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]
