@@ -104,7 +104,8 @@ class RewardConfig(TrainingArguments):
         pack_rows: with prefix sharing, pack short rows together up to the batch's longest row.
         dedupe_sequences: encode a sequence that occurs in several pairs of a batch once (rankings).
         train_sampling_strategy="group_by_length": batches of pairs of similar length (the longer side),
-            read from a `length` column that `RewardTrainer` adds, so batches carry little padding.
+            (`trainer.PairLengthSampler`, reading a `length` column that `RewardTrainer` adds), so batches
+            carry little padding.
 
     Defaults that differ from `TrainingArguments`:
         train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",

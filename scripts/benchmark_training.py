@@ -74,7 +74,9 @@ def build_model(backbone: str, tokenizer):
 
 
 def non_embedding_params(model) -> int:
-    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.split(".")[-2] in ("wte", "wpe"))
+    embeddings = sum(
+        p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.split(".")[-2] in ("wte", "wpe")
+    )
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 
@@ -123,7 +125,9 @@ def train_one(args) -> dict:
     else:
         from reward_trainer import RewardConfig, RewardTrainer
 
-        trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model, args=RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
+        )
     collator = type(trainer.data_collator).__name__
     start = time.perf_counter()
     trainer.train()
@@ -186,7 +190,14 @@ def main(argv=None) -> None:
     results = []
     for backbone in args.backbones:
         for system in SYSTEMS:
-            command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", backbone, system]
+            command = [
+                sys.executable,
+                __file__,
+                *(argv if argv is not None else sys.argv[1:]),
+                "--worker",
+                backbone,
+                system,
+            ]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode or not lines:
@@ -198,7 +209,9 @@ def main(argv=None) -> None:
 
     by = {(r["backbone"], r["system"]): r for r in results}
     speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
-    header = f"{'backbone':8} {'system':14} {'pairs/s':>8} {'tok/s':>8} {'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6}"
+    header = (
+        f"{'backbone':8} {'system':14} {'pairs/s':>8} {'tok/s':>8} {'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6}"
+    )
     print("\n" + header)
     for r in results:
         print(

@@ -16,7 +16,7 @@ from reward_trainer import PreferenceCollator, RewardConfig, RewardTrainer
 from reward_trainer.collator import PrefixSharingCollator, collator_for
 from reward_trainer.loss import bradley_terry_loss
 from reward_trainer.packing import Tree, pack_trees, prefix_shared_batch, shared_prefix_length, supports_prefix_sharing
-from reward_trainer.trainer import pair_rewards
+from reward_trainer.trainer import PairLengthSampler, pair_rewards
 
 PAD = 0
 ROWS = [
@@ -157,4 +157,15 @@ def test_length_grouped_batches_carry_less_padding(tmp_path):
             pads += int((batch["input_ids"] == PAD).sum())
         return pads
 
-    assert padding("group_by_length") < padding("random") / 2
+    assert padding("group_by_length") < padding("random") / 8
+
+
+def test_pair_length_sampler_sorts_within_batches_and_shuffles_batches():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4]
+    sampler = PairLengthSampler(lengths, batch_size=2, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(8))
+    batches = [sorted(lengths[i] for i in order[k : k + 2]) for k in range(0, 8, 2)]
+    assert sorted(batches) == [[1, 2], [3, 4], [5, 7], [8, 9]]  # neighbours in length share a batch
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order each epoch
