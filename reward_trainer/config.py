@@ -166,8 +166,17 @@ class RewardConfig(TrainingArguments):
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
+    Parameters that control throughput (all exact: the rewards are those of the plain forward):
+        prefix_sharing: one row `[prompt | chosen | rejected]` per pair, the prompt encoded once
+            (`reward_trainer.packing`). Causal models with a `score` head only; off by itself for encoders.
+        pack_rows: with prefix sharing, pack short rows together up to the batch's longest row.
+        dedupe_sequences: encode a sequence that occurs in several pairs of a batch once (rankings).
+        train_sampling_strategy="group_by_length": batches of pairs of similar length (the longer side),
+            (`trainer.PairLengthSampler`, reading a `length` column that `RewardTrainer` adds), so batches
+            carry little padding.
+
     Defaults that differ from `TrainingArguments`:
-        output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
+        train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
         save_strategy="no", report_to="none", remove_unused_columns=False (the collator needs the
         `chosen_ids`/`rejected_ids` columns, which the model's forward does not name).
     """
@@ -188,4 +197,27 @@ class RewardConfig(TrainingArguments):
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: `group_by_length` (default) batches pairs of similar length, the longer side of "
+            "each pair, so batches carry little padding; `random` is the stock shuffle.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode the shared prompt of a pair once: one row [prompt | chosen | rejected] with a mask that "
+            "hides chosen from rejected. Exact for causal models; automatically off for encoders (BERT)."
+        },
+    )
+    pack_rows: bool = field(
+        default=True,
+        metadata={"help": "With prefix sharing, pack several short pairs into one row, up to the batch's longest row."},
+    )
+    dedupe_sequences: bool = field(
+        default=True,
+        metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
     )

@@ -12,7 +12,6 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from .collator import PreferenceCollator
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_report
 from .metrics import compute_metrics
@@ -50,7 +49,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     trainer = RewardTrainer(
         model=model,
         args=training_args,
-        data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
