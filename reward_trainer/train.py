@@ -12,6 +12,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
+from .checkpoints import resolve_resume_checkpoint
 from .collator import PreferenceCollator
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_report
@@ -53,7 +54,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = {}
@@ -61,7 +63,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    trainer.save_model(training_args.output_dir)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is one plain safetensors state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if training_args.push_to_hub:  # saves to output_dir, writes the model card, uploads the folder
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    else:
+        trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         path = os.path.abspath(training_args.output_dir)
         if "eval_accuracy" in metrics:
