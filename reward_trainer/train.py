@@ -29,8 +29,8 @@ reward = model(**tok("<prompt><response>", return_tensors="pt")).logits[0, 0].it
 
 def setup_logging(training_args: RewardConfig) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    level = training_args.get_process_log_level()  # INFO on the main process, WARNING on the others
-    logger.setLevel(level)
+    level = training_args.get_process_log_level()  # the libraries: `--log_level` (default: WARNING)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)  # ours: INFO on the main process
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
