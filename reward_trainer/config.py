@@ -194,6 +194,13 @@ class RewardConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."}
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`auto`: resume from the newest complete `checkpoint-N` in `output_dir` (half-written ones are "
+            "skipped with a warning; none found: start from scratch), or the path of a checkpoint."
+        },
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},

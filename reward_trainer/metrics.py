@@ -13,7 +13,7 @@ def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray, human_tie: np.ndarra
 
 
 def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-    """`accuracy` (ties count 0.5), `tie_rate`, `margin` and reward statistics.
+    """`accuracy` (ties count 0.5), `tie_rate`, `margin`, reward statistics and `num_pairs`.
 
     `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected; `label_ids` is (N,), 1 where
     the annotators called the pair a tie.
@@ -29,4 +29,5 @@ def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         "chosen_reward_std": float(chosen.std()),
         "rejected_reward_mean": float(rejected.mean()),
         "rejected_reward_std": float(rejected.std()),
+        "num_pairs": len(chosen),  # pairs scored: under DDP, shows none were duplicated or dropped
     }

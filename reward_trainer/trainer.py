@@ -1,5 +1,7 @@
 """`RewardTrainer`: the stock `Trainer` with the pairwise Bradley-Terry loss."""
 
+import os
+
 import datasets
 import torch
 from torch.utils.data import Sampler, SequentialSampler
@@ -39,6 +41,10 @@ class PairLengthSampler(Sampler[int]):
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield from batches[b]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; raised before that step updates the weights."""
 
 
 class RewardTrainer(Trainer):
@@ -105,6 +111,15 @@ class RewardTrainer(Trainer):
             # global) batch, so that 2 x accumulation 2 gives the gradient of batch 4 exactly, even when
             # micro-batches differ in size. DDP averages gradients over processes: multiply that back.
             loss = (weight * losses).sum() / num_items_in_batch * self.accelerator.num_processes
+            # Stop before a NaN reaches the weights (and from there every later checkpoint). This costs one
+            # device sync per micro-batch; on a crash, the checkpoints already written stay intact.
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "
+                    f"(epoch {self.state.epoch or 0:.2f}); stopped before updating the weights. Checkpoints in "
+                    f"{self.args.output_dir} are intact: lower the learning rate or check the data, then rerun "
+                    "with --resume_from_checkpoint auto"
+                )
         return (loss, (chosen, rejected)) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
@@ -124,6 +139,22 @@ class RewardTrainer(Trainer):
         human_tie = inputs.get("tie", torch.zeros_like(chosen))
         return loss.detach(), rewards, human_tie
 
+    def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
+        """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by
+        `push_to_hub`, which passes `finetuned_from`, `dataset` and `command` through."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import model_card, training_command
+
+        accuracies = [log["eval_accuracy"] for log in self.state.log_history if "eval_accuracy" in log]
+        card = model_card(
+            repo_id=self.hub_model_id or self.args.hub_model_id or model_name or "reward-model",
+            base_model=finetuned_from or self.model.config.name_or_path,
+            dataset=dataset or "unknown",
+            eval_accuracy=accuracies[-1] if accuracies else None,
+            command=command or training_command(),
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
 def num_pairs(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
