@@ -10,7 +10,8 @@ class RewardTrainer(Trainer):
     """Trains a scalar-head model on preference pairs batched by `PreferenceCollator`.
 
     Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
-    pair for `compute_metrics`) and the count of pairs used to scale the loss under gradient accumulation.
+    pair for `compute_metrics`, with the human tie and the response lengths as labels) and the count of
+    pairs used to scale the loss under gradient accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
     """
 
@@ -54,4 +55,14 @@ class RewardTrainer(Trainer):
             return loss.detach(), None, None
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
         human_tie = inputs.get("tie", torch.zeros_like(chosen))
-        return loss.detach(), rewards, human_tie
+        labels = torch.stack([human_tie.float(), *response_lengths(inputs["input_ids"], inputs["attention_mask"])], dim=1)
+        return loss.detach(), rewards, labels  # (B, 3): tie, chosen and rejected response length in tokens
+
+
+def response_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens after the shared prompt (the longest common prefix) of each pair, for the length-bias metrics."""
+    chosen_ids, rejected_ids = input_ids.chunk(2)  # (B, T) each
+    chosen_mask, rejected_mask = attention_mask.bool().chunk(2)
+    same = (chosen_ids == rejected_ids) & chosen_mask & rejected_mask
+    prefix = same.long().cumprod(dim=1).sum(dim=1)  # (B,)
+    return (chosen_mask.sum(dim=1) - prefix).float(), (rejected_mask.sum(dim=1) - prefix).float()
