@@ -391,10 +391,16 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16, max_le
     for start in tqdm(range(0, len(texts), batch_size), desc="Scoring", unit="batch", disable=not progress):
         index = order[start : start + batch_size]
         batch = tokenizer(
-            [texts[i] for i in index], padding=True, truncation=bool(max_length), max_length=max_length, return_tensors="pt"
+            [texts[i] for i in index],
+            padding=True,
+            truncation=bool(max_length),
+            max_length=max_length,
+            return_tensors="pt",
         )
         with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
         rewards[index] = logits[:, 0].float().cpu().numpy()
     return rewards
 

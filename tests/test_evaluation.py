@@ -132,7 +132,9 @@ def test_evaluate_module_loads_offline_by_path(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     metric = evaluate.load(PREFERENCE_ACCURACY, keep_in_memory=True)
-    result = metric.compute(chosen_rewards=[2.0, 0.0, 1.0, 3.0], rejected_rewards=[1.0, 1.0, 1.0, 0.0], ties=[0, 0, 0, 1])
+    result = metric.compute(
+        chosen_rewards=[2.0, 0.0, 1.0, 3.0], rejected_rewards=[1.0, 1.0, 1.0, 0.0], ties=[0, 0, 0, 1]
+    )
     assert result == {"accuracy": pytest.approx((1 + 0 + 0.5 + 0.5) / 4)}
 
 
@@ -292,11 +294,16 @@ def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
         rows = [json.loads(line) for line in f]
     pairs = pairs_from_rows(rows)
     ours = preference_metrics(
-        np.zeros(len(rows)), np.zeros(len(rows)), [len(c) for c in pairs["chosen"]], [len(r) for r in pairs["rejected"]]
+        np.zeros(len(rows)),
+        np.zeros(len(rows)),
+        [len(c) for c in pairs["chosen"]],
+        [len(r) for r in pairs["rejected"]],
     )["longer_wins_accuracy"]
     # Independently: the final response is what follows the last "\n\nAssistant:" of each conversation.
     final = [(r["chosen"].rsplit("\n\nAssistant:", 1)[1], r["rejected"].rsplit("\n\nAssistant:", 1)[1]) for r in rows]
-    same_prompt = [r["chosen"].rsplit("\n\nAssistant:", 1)[0] == r["rejected"].rsplit("\n\nAssistant:", 1)[0] for r in rows]
+    same_prompt = [
+        r["chosen"].rsplit("\n\nAssistant:", 1)[0] == r["rejected"].rsplit("\n\nAssistant:", 1)[0] for r in rows
+    ]
     wins = [0.5 if len(c) == len(r) else float(len(c) > len(r)) for (c, r), same in zip(final, same_prompt) if same]
     ours_same = [
         0.5 if len(c) == len(r) else float(len(c) > len(r))

@@ -1,9 +1,12 @@
-"""Preference accuracy as a Hugging Face `evaluate` metric, shipped inside the package and loadable offline:
+"""Preference accuracy as a Hugging Face `evaluate` metric, shipped inside the package and loadable offline.
 
-    import evaluate, reward_trainer.evaluate_metrics as m, os
-    metric = evaluate.load(os.path.join(os.path.dirname(m.__file__), "preference_accuracy"))
-    metric.compute(chosen_rewards=[2.0, 0.0, 1.0], rejected_rewards=[1.0, 1.0, 1.0], ties=[0, 0, 0])
-    # {'accuracy': 0.5}: right, wrong, and an equal score that counts 0.5
+>>> import evaluate
+>>> from reward_trainer.evaluate_metrics import PREFERENCE_ACCURACY
+>>> metric = evaluate.load(PREFERENCE_ACCURACY)
+>>> metric.compute(chosen_rewards=[2.0, 0.0, 1.0], rejected_rewards=[1.0, 1.0, 1.0], ties=[0, 0, 0])
+{'accuracy': 0.5}
+
+(right, wrong, and an equal score that counts 0.5)
 """
 
 import datasets
