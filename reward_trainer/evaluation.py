@@ -304,6 +304,7 @@ def plot_reward_histograms(chosen, rejected, path: str) -> None:
 # The `evaluate` command: load rows, score them, report.
 
 ASSISTANT_TURN = "\n\nAssistant:"
+LOCAL_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv")
 
 
 def split_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -362,16 +363,20 @@ def load_rows(name: str, split: str = "test"):
 
     from .data import DataError
 
-    if os.path.isdir(name):
-        loaded = datasets.load_from_disk(name)
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if os.path.isfile(name):
-        suffixes = {".parquet": "parquet", ".csv": "csv"}
-        builder = next((b for s, b in suffixes.items() if name.endswith(s)), "json")
-        return datasets.load_dataset(builder, data_files=name, split="train")
-    if name.startswith((".", "/", "~")) or name.endswith((".json", ".jsonl", ".gz", ".parquet", ".csv")):
+    if not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES)):
         raise DataError(f"dataset file {name!r} does not exist")
-    return datasets.load_dataset(name, split=split)
+    try:
+        if os.path.isdir(name):
+            loaded = datasets.load_from_disk(name)
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if os.path.isfile(name):
+            builder = {".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(name)[1], "json")
+            return datasets.load_dataset(builder, data_files=name, split="train")
+        return datasets.load_dataset(name, split=split)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError, KeyError) as err:  # bad JSON, no such split, ...
+        raise DataError(
+            f"cannot load dataset {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
 
 
 def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int | None = 512, progress=True):

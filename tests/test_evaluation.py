@@ -240,6 +240,9 @@ def test_evaluate_command_bad_input_exits_2(tmp_path, tiny_model_dir, capsys):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": 3}])
     assert main(base + ["--dataset_name", bad]) == 2
     assert "row 2: field 'rejected'" in capsys.readouterr().err
+    (tmp_path / "broken.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n{"chosen": \n')
+    assert main(base + ["--dataset_name", str(tmp_path / "broken.jsonl")]) == 2
+    assert "broken.jsonl" in capsys.readouterr().err
     assert main(["evaluate", "--dataset_name", bad]) == 2  # --model_name_or_path is required
 
 
