@@ -6,7 +6,8 @@ import torch
 
 from .packing import prefix_shared_batch, unique_sequences
 
-PAIR_COLUMNS = ("margin", "weight", "tie")
+RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after the shared prompt
+PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)
 
 
 @dataclass

@@ -228,3 +228,29 @@ class RewardConfig(TrainingArguments):
         default=True,
         metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
     )
+
+
+@dataclass
+class EvaluateArguments:
+    """`reward-trainer evaluate`: score a trained reward model on preference data and write a report."""
+
+    model_name_or_path: str = field(metadata={"help": "A trained reward model: a local directory or a Hub id."})
+    dataset_name: list[str] = field(
+        metadata={
+            "help": "One or more local files (.json/.jsonl/.jsonl.gz/.parquet/.csv), `save_to_disk` directories or "
+            "Hub datasets. Rows: `chosen`, `rejected` and optionally `prompt`, `tie`, `source`/`subset`; or ranked "
+            "rows: `prompt`, `responses` and `scores` (higher is better). With several, each is its own subset."
+        }
+    )
+    output_dir: str = field(
+        default="outputs/evaluation",
+        metadata={"help": "Where eval_report.json, eval_report.md and the PNG plots are written."},
+    )
+    split: str = field(default="test", metadata={"help": "Split of a Hub dataset or `save_to_disk` directory."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
+    max_length: int | None = field(
+        default=512, metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Texts scored per forward pass."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})

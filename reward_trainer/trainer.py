@@ -9,7 +9,8 @@ from transformers import Trainer
 
 from .collator import collator_for
 from .loss import bradley_terry_loss
-from .packing import prefix_shared_rewards
+from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS
+from .packing import prefix_shared_rewards, shared_prefix_length
 
 
 def pair_length(row: dict) -> dict[str, int]:
@@ -51,7 +52,8 @@ class RewardTrainer(Trainer):
     """Trains a scalar-head model on preference pairs batched by `PreferenceCollator`.
 
     Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
-    pair for `compute_metrics`) and the count of pairs used to scale the loss under gradient accumulation.
+    pair for `compute_metrics`, with the human tie and the response lengths as labels) and the count of
+    pairs used to scale the loss under gradient accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
 
     With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
@@ -74,11 +76,16 @@ class RewardTrainer(Trainer):
             train_dataset = train_dataset.map(pair_length, desc="Measuring pair lengths")
             if args.length_column_name != "length":
                 train_dataset = train_dataset.rename_column("length", args.length_column_name)
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
+        eval_dataset = kwargs.pop("eval_dataset", None)
+        if isinstance(eval_dataset, datasets.Dataset) and "chosen_length" not in eval_dataset.column_names:
+            eval_dataset = eval_dataset.map(response_lengths, desc="Measuring response lengths")
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
+        )
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight", "tie", "group"]
+            self._signature_columns = ["chosen_ids", "rejected_ids", "group", *PAIR_COLUMNS]
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -137,7 +144,8 @@ class RewardTrainer(Trainer):
             return loss.detach(), None, None
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
         human_tie = inputs.get("tie", torch.zeros_like(chosen))
-        return loss.detach(), rewards, human_tie
+        labels = [human_tie.float()] + [inputs[k].float() for k in RESPONSE_LENGTH_COLUMNS if k in inputs]
+        return loss.detach(), rewards, torch.stack(labels, dim=1)  # (B, 1) tie, or (B, 3) tie and response lengths
 
     def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
         """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by
@@ -155,6 +163,13 @@ class RewardTrainer(Trainer):
             command=command or training_command(),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def response_lengths(row: dict) -> dict[str, int]:
+    """Tokens after the shared prompt (the longest common prefix) of each response, for the length-bias metrics."""
+    prefix = shared_prefix_length(row["chosen_ids"], row["rejected_ids"])
+    return {"chosen_length": len(row["chosen_ids"]) - prefix, "rejected_length": len(row["rejected_ids"]) - prefix}
+
 
 def num_pairs(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
