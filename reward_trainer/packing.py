@@ -169,15 +169,24 @@ def supports_prefix_sharing(model) -> bool:
 
 
 def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rewards (U,) of the unique sequences of a batch laid out by `prefix_shared_batch`."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(model, model.base_model_prefix)
+    """Rewards (U,) of the unique sequences of a batch laid out by `prefix_shared_batch`.
+
+    Runs the model's own forward (so DDP, FSDP, DeepSpeed and autocast wrappers all apply) and reads the
+    per-token output of its `score` head, captured by a hook, at each response's last token.
+    """
+    inner = model
+    while hasattr(inner, "module"):  # DDP / DeepSpeed wrappers
+        inner = inner.module
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = inputs["attention_mask"]
-    if model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
-        dtype = next(backbone.parameters()).dtype
+    if inner.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+        dtype = next(inner.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = backbone(
-        input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False
-    ).last_hidden_state  # (R, T, H)
-    last = hidden.reshape(-1, hidden.shape[-1])[inputs["reward_index"]]  # (U, H)
-    return model.score(last).squeeze(-1).float()  # (U,)
+    captured = []
+    handle = inner.score.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False)
+    finally:
+        handle.remove()
+    per_token = captured[0].squeeze(-1)  # (R, T)
+    return per_token.reshape(-1)[inputs["reward_index"]].float()  # (U,)

@@ -93,15 +93,19 @@ class RewardTrainer(Trainer):
         if self.args.train_sampling_strategy == "group_by_length" and column in getattr(
             train_dataset, "column_names", []
         ):
-            return PairLengthSampler(train_dataset[column], self.args.train_batch_size, seed=self.args.seed)
+            # Sorted chunks of the global batch: under DDP each process takes its slice of the same chunk,
+            # so the pairs of a step are those of a single-process run with the same global batch.
+            global_batch = self.args.train_batch_size * self.args.world_size
+            return PairLengthSampler(train_dataset[column], global_batch, seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
-        # Keep evaluation in dataset order (the stock sampler follows the training strategy), so that
-        # predictions line up with the rows they score.
-        if self.args.world_size <= 1 and eval_dataset is not None:
-            return SequentialSampler(eval_dataset)
-        return super()._get_eval_sampler(eval_dataset)
+        # Evaluate in dataset order, whatever the training order (the stock sampler follows the training
+        # strategy), so that predictions line up with the rows they score. Under DDP, accelerate shards the
+        # data in order and `gather_for_metrics` drops the samples it repeated to fill the last batch.
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
 
     def compute_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of each pair's chosen and rejected sequence, (B,) each; see `pair_rewards`."""

@@ -290,7 +290,7 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     from huggingface_hub import HfApi, ModelCard, RepoUrl
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from reward_trainer.metrics import pair_accuracy
+    from reward_trainer.evaluation import pair_correctness
     from reward_trainer.quickstart import make_pairs
 
     hub, calls = tmp_path / "hub", []
@@ -343,7 +343,7 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
             return np.array([model(**tokenizer(p["prompt"] + p[key], return_tensors="pt")).logits[0, 0].item() for p in pairs])
 
         chosen, rejected = rewards("chosen"), rewards("rejected")
-    assert pair_accuracy(chosen, rejected).mean() == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+    assert pair_correctness(chosen, rejected).mean() == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
     assert chosen.mean() == pytest.approx(metrics["eval_chosen_reward_mean"], abs=1e-4)
     assert rejected.mean() == pytest.approx(metrics["eval_rejected_reward_mean"], abs=1e-4)
 
