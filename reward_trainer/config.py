@@ -39,7 +39,8 @@ class ModelArguments:
         },
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."}
+        default=None,
+        metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."},
     )
     use_peft: bool = field(
         default=False,
@@ -88,9 +89,7 @@ class DataArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: str = field(
-        default="test", metadata={"help": "Split used for evaluation, when the dataset has it."}
-    )
+    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation, when the dataset has it."})
     eval_fraction: float = field(
         default=0.05,
         metadata={
@@ -107,11 +106,15 @@ class DataArguments:
     )
     column_mapping: str | None = field(
         default=None,
-        metadata={"help": 'Renames columns before detection, as JSON: e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.'},
+        metadata={
+            "help": 'Renames columns before detection, as JSON: e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.'
+        },
     )
     prompt_columns: list[str] | None = field(
         default=None,
-        metadata={"help": "Columns joined (blank line between, empty ones left out) into the prompt, for `column_mapping`."},
+        metadata={
+            "help": "Columns joined (blank line between, empty ones left out) into the prompt, for `column_mapping`."
+        },
     )
     response_columns: list[str] | None = field(
         default=None, metadata={"help": "Columns holding the candidate responses, for `column_mapping`."}
@@ -125,7 +128,9 @@ class DataArguments:
     )
     label_values: str | None = field(
         default=None,
-        metadata={"help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'},
+        metadata={
+            "help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'
+        },
     )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest tokenized prompt + response, in tokens. None: no limit."}
@@ -186,13 +191,18 @@ class RewardConfig(TrainingArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
-    save_strategy: SaveStrategy | str = field(default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."}
+    )
+    save_strategy: SaveStrategy | str = field(
+        default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."}
+    )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Trackers to log to (`tensorboard`, `wandb`, ...), or `none`."}
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."}
+        default=False,
+        metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
     )
     resume_from_checkpoint: str | None = field(
         default=None,

@@ -17,7 +17,17 @@ the cache instead of tokenizing again):
 6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, and `margin` / `group` when present.
 
 The report (`data_report.json`) puts every input row in exactly one bucket:
-`input_rows == kept + truncated + filtered + ties + skipped + unused`.
+`input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
+`max_train_samples`/`max_eval_samples`; a tie that is also truncated counts as a tie, a filtered one as filtered).
+Whole-file problems (a missing or empty file, a JSON array that does not parse) stop the run in both modes.
+
+    # HH-RLHF (implicit prompt), 4 rows with an empty final response skipped and listed
+    reward-trainer train --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --on_bad_row skip
+    # PandaLM with flags only: prompt = instruction + input, winner = strict majority of three annotators
+    # ("0" tie, "1" response1, "2" response2); a tie majority or a three-way split makes the row a tie
+    reward-trainer train --dataset_name ../shared/data/pandalm/testset-v1.json --on_bad_row skip \
+        --prompt_columns instruction input --response_columns response1 response2 \
+        --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
 """
 
 import bisect
@@ -30,7 +40,15 @@ import os
 from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets, load_dataset, load_from_disk
+from datasets import (
+    Dataset,
+    Features,
+    Sequence,
+    Value,
+    concatenate_datasets,
+    load_dataset,
+    load_from_disk,
+)
 from datasets.exceptions import DatasetGenerationError
 from transformers import PreTrainedTokenizerBase
 
@@ -82,7 +100,9 @@ class RowError(ValueError):
 # ----------------------------------------------------------------------------------------------- public entry
 
 
-def load_preference_data(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42) -> PreferenceData:
+def load_preference_data(
+    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
+) -> PreferenceData:
     """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring."""
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
@@ -95,8 +115,15 @@ def load_preference_data(data_args: DataArguments, tokenizer: PreTrainedTokenize
         has_margin |= spec.has_margin
         logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
         splits = {
-            key: normalize(raw, spec, file=_display_name(name, key, raw_splits), tokenizer=tokenizer,
-                           chat_template=chat_template, seed=seed, num_proc=data_args.dataset_num_proc)
+            key: normalize(
+                raw,
+                spec,
+                file=_display_name(name, key, raw_splits),
+                tokenizer=tokenizer,
+                chat_template=chat_template,
+                seed=seed,
+                num_proc=data_args.dataset_num_proc,
+            )
             for key, raw in raw_splits.items()
         }
         source_rows = sum(len(s) for s in splits.values())
@@ -124,8 +151,12 @@ def load_preference_data(data_args: DataArguments, tokenizer: PreTrainedTokenize
     train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
     eval_pairs = expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train))
     report.update(
-        train_rows=len(train), eval_rows=len(test), train_pairs=len(train_pairs), eval_pairs=len(eval_pairs),
-        truncation=data_args.truncation, max_length=data_args.max_length,
+        train_rows=len(train),
+        eval_rows=len(test),
+        train_pairs=len(train_pairs),
+        eval_pairs=len(eval_pairs),
+        truncation=data_args.truncation,
+        max_length=data_args.max_length,
     )
     accounted = sum(report[k] for k in ("kept", "truncated", "filtered", "ties", "skipped", "unused"))
     assert accounted == report["input_rows"], f"row accounting is off: {accounted} != {report['input_rows']}"
@@ -175,7 +206,10 @@ def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dat
         from .quickstart import make_pairs
 
         n = data_args.num_synthetic_pairs
-        return {"train": Dataset.from_list(make_pairs(n, seed=seed)), "eval": Dataset.from_list(make_pairs(n // 10, seed=seed + 1))}
+        return {
+            "train": Dataset.from_list(make_pairs(n, seed=seed)),
+            "eval": Dataset.from_list(make_pairs(n // 10, seed=seed + 1)),
+        }
     if name.startswith("builtin:"):
         raise DataError(f"unknown built-in dataset {name!r}; the built-in dataset is {BUILTIN_DATASET!r}")
     path = os.path.expanduser(name)
@@ -183,7 +217,9 @@ def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dat
         try:
             loaded = load_from_disk(path)
         except (FileNotFoundError, ValueError) as err:
-            raise DataError(f"{name}: not a directory written by `save_to_disk` ({str(err).splitlines()[0]})") from None
+            raise DataError(
+                f"{name}: not a directory written by `save_to_disk` ({str(err).splitlines()[0]})"
+            ) from None
         return _pick_splits(loaded, name, data_args)
     if os.path.isfile(path):
         if os.path.getsize(path) == 0:
@@ -194,7 +230,9 @@ def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dat
             return {"train": read_json(path, cache_dir)}
         kind = {".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(path)[1])
         if kind is None:
-            raise DataError(f"{name}: unknown file type; use one of {', '.join(LOCAL_SUFFIXES)} or a `save_to_disk` directory")
+            raise DataError(
+                f"{name}: unknown file type; use one of {', '.join(LOCAL_SUFFIXES)} or a `save_to_disk` directory"
+            )
         try:
             return {"train": load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)}
         except Exception as err:  # pyarrow raises many types for unreadable files
@@ -234,7 +272,11 @@ def _json_lines(path: str, stamp: tuple):
             try:
                 yield {"_row": number, "_json": line.decode("utf-8"), "_error": ""}
             except UnicodeDecodeError as err:
-                yield {"_row": number, "_json": None, "_error": f"invalid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1})"}
+                yield {
+                    "_row": number,
+                    "_json": None,
+                    "_error": f"invalid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1})",
+                }
 
 
 def _json_array(path: str, stamp: tuple):
@@ -269,7 +311,9 @@ def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
     stat = os.stat(path)
     try:
         rows = Dataset.from_generator(
-            generator, features=RAW_FEATURES, gen_kwargs={"path": os.path.abspath(path), "stamp": (stat.st_size, stat.st_mtime_ns)},
+            generator,
+            features=RAW_FEATURES,
+            gen_kwargs={"path": os.path.abspath(path), "stamp": (stat.st_size, stat.st_mtime_ns)},
             cache_dir=cache_dir,
         )
     except (ValueError, DatasetGenerationError) as err:  # `datasets` says "no data" when nothing was yielded
@@ -348,7 +392,9 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
     label_values = {str(k): v for k, v in _json_option(data_args.label_values, "label_values").items()}
     for label, value in label_values.items():
         if value != "tie" and not isinstance(value, int):
-            raise DataError(f"label_values: {label!r} must map to a response index (0, 1, ...) or \"tie\", got {value!r}")
+            raise DataError(
+                f'label_values: {label!r} must map to a response index (0, 1, ...) or "tie", got {value!r}'
+            )
     samples = _sample_rows(raw)
     columns = set(raw.column_names) - {"_row", "_json", "_error"}
     for row in samples:
@@ -362,7 +408,9 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
     if data_args.response_columns:
         fmt = "column_mapping"
         if data_args.data_format not in ("auto", fmt):
-            raise DataError(f"--response_columns needs data_format auto or column_mapping, not {data_args.data_format!r}")
+            raise DataError(
+                f"--response_columns needs data_format auto or column_mapping, not {data_args.data_format!r}"
+            )
         if not data_args.label_columns or not label_values:
             raise DataError("--response_columns needs --label_columns and --label_values to say which response won")
     elif data_args.data_format != "auto":
@@ -376,7 +424,8 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
         response_columns=tuple(data_args.response_columns or ()),
         label_columns=tuple(data_args.label_columns or ()),
         label_values=tuple(label_values.items()),
-        has_margin=bool({"margin", "score_chosen", "score_rejected"} & columns) or (fmt == "ranking" and "scores" in columns),
+        has_margin=bool({"margin", "score_chosen", "score_rejected"} & columns)
+        or (fmt == "ranking" and "scores" in columns),
     )
 
 
@@ -420,15 +469,23 @@ def _messages(row: dict, name: str) -> list[dict]:
     if not isinstance(value, list) or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
     ):
-        raise RowError(name, "expected a list of {\"role\", \"content\"} string messages")
+        raise RowError(name, 'expected a list of {"role", "content"} string messages')
     return value
 
 
-def _render_conversation(tokenizer, template: str, prompt: list[dict], responses: list[list[dict]]) -> tuple[str, list[str]]:
+def _render_conversation(
+    tokenizer, template: str, prompt: list[dict], responses: list[list[dict]]
+) -> tuple[str, list[str]]:
     """Renders prompt and each prompt + response with the chat template; responses are the added text."""
     full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
     for generation_prompt in (True, False):
-        text = tokenizer.apply_chat_template(prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt) if prompt else ""
+        text = (
+            tokenizer.apply_chat_template(
+                prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+            )
+            if prompt
+            else ""
+        )
         if all(f.startswith(text) for f in full):
             return text, [f[len(text) :] for f in full]
     raise RowError("prompt", "the chat template does not render the prompt as a prefix of the conversation")
@@ -456,7 +513,9 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
             scores = [0.0] * len(responses)
         else:
             if not 0 <= winner < len(responses):
-                raise RowError(spec.label_columns[0], f"label points to response {winner}, but there are {len(responses)}")
+                raise RowError(
+                    spec.label_columns[0], f"label points to response {winner}, but there are {len(responses)}"
+                )
             scores = [1.0 if i == winner else 0.0 for i in range(len(responses))]
     elif spec.format == "ranking":
         prompt = _string(row, "prompt", allow_empty=True)
@@ -551,7 +610,9 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps([VERSION, *map(str, parts)]).encode()).hexdigest()[:32]
 
 
-def normalize(raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None) -> Dataset:
+def normalize(
+    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None
+) -> Dataset:
     features = Features({
         "prompt": Value("string"), "responses": Sequence(Value("string")), "scores": Sequence(Value("float64")),
         "margin": Value("float64"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
@@ -580,7 +641,9 @@ def drop_bad_rows(rows: Dataset, on_bad_row: str, report: dict) -> Dataset:
     first = pc.index(bad, True).as_py()
     if on_bad_row == "error":
         row = rows[first]
-        raise DataError(f"{row['_file']}: row {row['_row']}: {row['_error']} (use --on_bad_row skip to skip such rows)")
+        raise DataError(
+            f"{row['_file']}: row {row['_row']}: {row['_error']} (use --on_bad_row skip to skip such rows)"
+        )
     bad_rows = rows.select(_where(bad, True)).select_columns(["_file", "_row", "_error"])
     report["skipped"] += n_bad
     report["skipped_rows"] += [{"file": r["_file"], "row": r["_row"], "reason": r["_error"]} for r in bad_rows]
@@ -639,41 +702,145 @@ def truncate_keep_end(tokenizer, prompt: str, responses: list[str], max_length: 
     belongs to the response. Boundaries come from the offset mapping, so the result is exactly a contiguous
     part of the untruncated token ids.
     """
-    encoded = tokenizer([prompt + r for r in responses], return_offsets_mapping=True, return_special_tokens_mask=True)
-    parts = []
-    for ids, offsets, special in zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]):
-        lead, trail = split_special(special)
-        middle_ends = [end for _, end in offsets[lead : len(ids) - trail]]
-        n_prompt = bisect.bisect_right(middle_ends, len(prompt))
-        parts.append((ids[:lead], ids[lead : lead + n_prompt], ids[lead + n_prompt : len(ids) - trail], ids[len(ids) - trail :]))
-    room = [max_length - len(lead) - len(trail) for lead, _, _, trail in parts]
-    if min(room) < 1:
-        raise DataError(f"max_length {max_length} leaves no room for text after the special tokens")
-    prompt_room = max(0, min(r - len(response) for r, (_, _, response, _) in zip(room, parts)))
-    out = []
-    for r, (lead, prompt_ids, response_ids, trail) in zip(room, parts):
-        kept_prompt = prompt_ids[len(prompt_ids) - min(prompt_room, len(prompt_ids)) :]
-        out.append(lead + kept_prompt + response_ids[: r - len(kept_prompt)] + trail)
+    return _truncate_rows(tokenizer, [prompt], [responses], max_length)[0]
+
+
+def _truncate_rows(
+    tokenizer, prompts: list[str], responses: list[list[str]], max_length: int
+) -> list[list[list[int]]]:
+    texts = [p + r for p, rs in zip(prompts, responses, strict=False) for r in rs]
+    encoded = tokenizer(
+        texts,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    out, k = [], 0
+    for prompt, rs in zip(prompts, responses, strict=False):
+        parts = []
+        for ids, offsets, special in zip(
+            *(encoded[key][k : k + len(rs)] for key in ("input_ids", "offset_mapping", "special_tokens_mask")),
+            strict=False,
+        ):
+            lead, trail = split_special(special)
+            middle_ends = [end for _, end in offsets[lead : len(ids) - trail]]
+            n_prompt = bisect.bisect_right(middle_ends, len(prompt))
+            parts.append(
+                (
+                    ids[:lead],
+                    ids[lead : lead + n_prompt],
+                    ids[lead + n_prompt : len(ids) - trail],
+                    ids[len(ids) - trail :],
+                )
+            )
+        k += len(rs)
+        room = [max_length - len(lead) - len(trail) for lead, _, _, trail in parts]
+        if min(room) < 1:
+            raise DataError(f"max_length {max_length} leaves no room for text after the special tokens")
+        prompt_room = max(0, min(r - len(response) for r, (_, _, response, _) in zip(room, parts, strict=False)))
+        row = []
+        for r, (lead, prompt_ids, response_ids, trail) in zip(room, parts, strict=False):
+            kept_prompt = prompt_ids[len(prompt_ids) - min(prompt_room, len(prompt_ids)) :]
+            row.append(lead + kept_prompt + response_ids[: r - len(kept_prompt)] + trail)
+        out.append(row)
     return out
 
 
-def _tokenize_batch(batch: dict, tokenizer, max_length: int | None, truncation: str) -> dict:
-    texts = [p + r for p, responses in zip(batch["prompt"], batch["responses"]) for r in responses]
-    flat = tokenizer(texts)["input_ids"]
-    ids, status, start = [], [], 0
-    for prompt, responses in zip(batch["prompt"], batch["responses"]):
-        row = flat[start : start + len(responses)]
-        start += len(responses)
-        if max_length is None or all(len(x) <= max_length for x in row):
-            ids.append(row)
-            status.append("kept")
-        elif truncation == "filter":
-            ids.append([])
-            status.append("filtered")
-        else:
-            ids.append(truncate_keep_end(tokenizer, prompt, responses, max_length))
-            status.append("truncated")
+def special_affixes(tokenizer) -> tuple[list[int], list[int]] | None:
+    """The special tokens the tokenizer puts before and after one sequence (e.g. [CLS] / [SEP], or - / EOS)."""
+    full, bare = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return None
+
+
+def _pieces(pre_tokenizer, text: str, shift: int = 0) -> list[tuple[int, int]]:
+    return [(start + shift, end + shift) for _, (start, end) in pre_tokenizer.pre_tokenize_str(text)]
+
+
+def _splits_cleanly(pre_tokenizer, prompt_tail: list, tail: str, response: str, window: int = 16) -> bool:
+    """Whether pre-tokenizing prompt and response apart gives the pieces of their concatenation near the seam."""
+    head = response[:window]
+    return _pieces(pre_tokenizer, tail + head) == prompt_tail + _pieces(pre_tokenizer, head, shift=len(tail))
+
+
+def _ids(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    # ids only: building attention masks and token type ids would cost a quarter of the time again
+    return tokenizer(
+        texts, add_special_tokens=add_special_tokens, return_attention_mask=False, return_token_type_ids=False
+    )["input_ids"]
+
+
+def _encode_rows(tokenizer, prompts: list[str], responses: list[list[str]], affixes) -> list[list[list[int]]]:
+    """`tokenizer(prompt + response)["input_ids"]` for every response of every row.
+
+    With `affixes` (the tokenizer was checked to allow it, see `tokenize`), the prompt is tokenized once per row
+    and each response apart, then joined, wherever the pre-tokenizer splits the text at the seam exactly as it
+    splits the parts; elsewhere the whole text is tokenized. Both give the same ids; the first skips the prompt
+    for every response after the first, which is most of the text in multi-turn data.
+    """
+    if affixes is None:
+        flat = _ids(tokenizer, [p + r for p, rs in zip(prompts, responses, strict=False) for r in rs])
+        out, start = [], 0
+        for rs in responses:
+            out.append(flat[start : start + len(rs)])
+            start += len(rs)
+        return out
+    lead, trail = affixes
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    prompt_ids = _ids(tokenizer, prompts, add_special_tokens=False)
+    response_ids = _ids(tokenizer, [r for rs in responses for r in rs], add_special_tokens=False)
+    out, whole, k = [], [], 0
+    for i, (prompt, rs) in enumerate(zip(prompts, responses, strict=False)):
+        tail = prompt[-16:]
+        tail_pieces = _pieces(pre, tail) if prompt else []
+        row = []
+        for j, response in enumerate(rs):
+            if not prompt or _splits_cleanly(pre, tail_pieces, tail, response):
+                row.append(lead + prompt_ids[i] + response_ids[k] + trail)
+            else:
+                row.append(None)
+                whole.append((i, j, prompt + response))
+            k += 1
+        out.append(row)
+    if whole:
+        for (i, j, _), ids in zip(whole, _ids(tokenizer, [text for _, _, text in whole]), strict=False):
+            out[i][j] = ids
+    return out
+
+
+def _tokenize_batch(batch: dict, tokenizer, max_length: int | None, truncation: str, affixes) -> dict:
+    ids = _encode_rows(tokenizer, batch["prompt"], batch["responses"], affixes)
+    status = ["kept"] * len(ids)
+    too_long = [i for i, row in enumerate(ids) if max_length is not None and any(len(x) > max_length for x in row)]
+    if truncation == "filter":
+        for i in too_long:
+            ids[i], status[i] = [], "filtered"
+    elif too_long:
+        cut = _truncate_rows(
+            tokenizer, [batch["prompt"][i] for i in too_long], [batch["responses"][i] for i in too_long], max_length
+        )
+        for i, row in zip(too_long, cut, strict=False):
+            ids[i], status[i] = row, "truncated"
     return {"ids": ids, "_status": status}
+
+
+def separate_encoding_affixes(tokenizer, rows: Dataset, sample: int = 64):
+    """`special_affixes` if encoding prompt and response apart reproduces whole-text ids on a sample, else None."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None or tokenizer.backend_tokenizer.pre_tokenizer is None:
+        return None
+    affixes = special_affixes(tokenizer)
+    if affixes is None or len(rows) == 0:
+        return None
+    head = rows.select(range(min(sample, len(rows))))
+    prompts, responses = list(head["prompt"]), list(head["responses"])
+    return (
+        affixes
+        if _encode_rows(tokenizer, prompts, responses, affixes) == _encode_rows(tokenizer, prompts, responses, None)
+        else None
+    )
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -687,11 +854,18 @@ def tokenize(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataA
     if data_args.truncation not in ("keep_end", "filter"):
         raise DataError(f"truncation must be `keep_end` or `filter`, got {data_args.truncation!r}")
     settings = (data_args.max_length, data_args.truncation)
+    affixes = separate_encoding_affixes(tokenizer, rows)
     return rows.map(
         _tokenize_batch,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": data_args.max_length, "truncation": data_args.truncation},
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_length": data_args.max_length,
+            "truncation": data_args.truncation,
+            "affixes": affixes,
+        },
         num_proc=_num_proc(data_args.dataset_num_proc, rows),
+        features=Features({**rows.features, "ids": Sequence(Sequence(Value("int32"))), "_status": Value("string")}),
         new_fingerprint=_fingerprint(rows._fingerprint, tokenizer_fingerprint(tokenizer), *settings),
         desc="Tokenizing",
     )
@@ -707,7 +881,7 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
     table = rows.with_format("arrow")
     statuses = table["_status"].to_pylist()
     scores = table["scores"].to_pylist()
-    for status, row_scores in zip(statuses, scores):
+    for status, row_scores in zip(statuses, scores, strict=False):
         key = "ties" if status != "filtered" and _is_tie(row_scores) else status
         report[key] += 1
 
@@ -717,13 +891,18 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
 
 def _expand_batch(batch: dict, indices: list[int], keep_ties: bool, margin: bool, group_offset: int) -> dict:
     out = {k: [] for k in ("chosen_ids", "rejected_ids", "weight", "tie", "margin", "group")}
-    for index, ids, scores, row_margin in zip(indices, batch["ids"], batch["scores"], batch["margin"]):
+    for index, ids, scores, row_margin in zip(indices, batch["ids"], batch["scores"], batch["margin"], strict=False):
         if not ids:  # filtered
             continue
         if _is_tie(scores):
             pairs, weight = ([(0, 1)] if keep_ties else []), 0.0
         else:
-            pairs = [(i, j) if scores[i] > scores[j] else (j, i) for i in range(len(ids)) for j in range(i + 1, len(ids)) if scores[i] != scores[j]]
+            pairs = [
+                (i, j) if scores[i] > scores[j] else (j, i)
+                for i in range(len(ids))
+                for j in range(i + 1, len(ids))
+                if scores[i] != scores[j]
+            ]
             weight = 1.0 / len(pairs)
         for better, worse in pairs:
             out["chosen_ids"].append(ids[better])

@@ -93,10 +93,23 @@ def test_whole_file_problems_stop_in_both_modes(name, on_bad_row, tmp_path, tiny
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"dataset_name: {BROKEN / 'non_string_field.jsonl'}\noutput_dir: {tmp_path / 'out'}\nmax_steps: 1\n")
+    recipe.write_text(
+        f"dataset_name: {BROKEN / 'non_string_field.jsonl'}\noutput_dir: {tmp_path / 'out'}\nmax_steps: 1\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "reward_trainer.cli", "train", "--config", str(recipe), "--dataset_cache_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "reward_trainer.cli",
+            "train",
+            "--config",
+            str(recipe),
+            "--dataset_cache_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr
     progress = ("%|", "examples/s]", "examples [")  # `datasets` progress bars, one line each in a terminal
