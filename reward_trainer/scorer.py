@@ -52,8 +52,8 @@ class RewardScorer:
 
     Args:
         max_batch_tokens: a batch holds at most this many tokens, padding included (rows x longest row).
-        max_length: longer texts are cut from the left, keeping the response and the final EOS; None: the
-            model's maximum positions, if it has one.
+        max_length: longer texts are cut from the left (the tokenizer's `truncation_side` is set to `left`),
+            keeping the response and the special tokens; None: the model's maximum positions, if it has one.
         padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders
             (BERT) read the reward at the first token and need `right`.
     """
@@ -72,6 +72,8 @@ class RewardScorer:
             raise ValueError("the tokenizer has no pad token; train with reward_trainer, which adds one")
         self.model = model.eval()
         self.tokenizer = tokenizer
+        # Over-long texts lose their beginning, never the response; special tokens ([CLS], EOS) are kept.
+        tokenizer.truncation_side = "left"
         self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.padding_side = padding_side
@@ -118,9 +120,7 @@ class RewardScorer:
             raise TypeError("score_texts takes a list of texts, not one string")
         if normalize and (self.reward_mean is None or not self.reward_std):
             raise ValueError("this model's config.json has no reward_mean/reward_std; score with normalize=False")
-        ids = self.tokenizer(list(texts))["input_ids"]
-        if self.max_length:
-            ids = [row[-self.max_length :] if len(row) > self.max_length else row for row in ids]
+        ids = self.tokenizer(list(texts), truncation=bool(self.max_length), max_length=self.max_length)["input_ids"]
         rewards = [0.0] * len(ids)
         for batch in self.batches(ids):
             for i, reward in zip(batch, self.forward([ids[i] for i in batch])):

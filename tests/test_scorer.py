@@ -85,14 +85,13 @@ def test_batches_respect_the_token_budget():
     assert scorer.batches([]) == []
 
 
-def test_long_texts_keep_their_end(trained_checkpoint):
+def test_long_texts_keep_their_end_and_special_tokens(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint), max_length=8)
     long_text = "cat dog fox owl bee ant | code of cat?\nanswer: red"
-    ids = scorer.tokenizer(long_text)["input_ids"]
-    assert len(ids) > 8
-    model = scorer.model
+    ids = scorer.tokenizer(long_text, truncation=False)["input_ids"]
+    assert len(ids) > 8 and ids[-1] == scorer.tokenizer.eos_token_id
     with torch.no_grad():
-        expected = model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()
+        expected = scorer.model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()  # the last 7 tokens + EOS
     assert scorer.score_texts([long_text])[0] == pytest.approx(expected, abs=1e-5)
 
 
