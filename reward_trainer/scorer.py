@@ -19,15 +19,7 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-# Used by `score_conversations` when the tokenizer has no chat template: the HH-RLHF layout
-# ("\n\nHuman: ...\n\nAssistant: ..."), which is what the real data of this project looks like.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '\n\nHuman: ' + message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}{{ '\n\nAssistant: ' + message['content'] }}"
-    "{% else %}{{ '\n\n' + message['role'] | capitalize + ': ' + message['content'] }}"
-    "{% endif %}{% endfor %}"
-)
+from .data import DEFAULT_CHAT_TEMPLATE  # the same rendering as training data without a chat template
 
 
 def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
@@ -109,7 +101,8 @@ class RewardScorer:
         return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize)
 
     def score_conversations(self, messages_lists: list[list[dict]], normalize: bool = False) -> list[float]:
-        """Reward of each conversation, rendered with the tokenizer's chat template (or `DEFAULT_CHAT_TEMPLATE`)."""
+        """Reward of each conversation, rendered with the tokenizer's chat template or, without one, the default
+        template that training uses for conversational data (`reward_trainer.data.DEFAULT_CHAT_TEMPLATE`)."""
         template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         texts = [self.tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in messages_lists]
         return self.score_texts(texts, normalize=normalize)

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_trainer import RewardScorer
+from reward_trainer.data import DEFAULT_CHAT_TEMPLATE
 from reward_trainer.quickstart import make_pairs
-from reward_trainer.scorer import DEFAULT_CHAT_TEMPLATE, reward_stats_from_metrics
+from reward_trainer.scorer import reward_stats_from_metrics
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,9 @@ def test_normalize_without_stats_is_an_error(tmp_path, tiny_tokenizer):
 def test_score_conversations(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     conversation = [{"role": "user", "content": "code of cat?"}, {"role": "assistant", "content": "red"}]
-    hh_text = "\n\nHuman: code of cat?\n\nAssistant: red"
-    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == hh_text
-    assert scorer.score_conversations([conversation]) == scorer.score_texts([hh_text])
+    text = "user: code of cat?\n\nassistant: red\n\n"  # training's default template for conversational data
+    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == text
+    assert scorer.score_conversations([conversation]) == scorer.score_texts([text])
     # A tokenizer's own template wins over the default.
     scorer.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
     assert scorer.score_conversations([conversation]) == scorer.score_texts(["<code of cat?><red>"])
