@@ -70,7 +70,9 @@ class RewardScorer:
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.padding_side = padding_side
         self.pad_token_id = tokenizer.pad_token_id
-        self.takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self.takes_position_ids = "position_ids" in parameters
+        self.takes_use_cache = "use_cache" in parameters  # no key/value cache: nothing is generated
         self.reward_mean = getattr(model.config, "reward_mean", None)
         self.reward_std = getattr(model.config, "reward_std", None)
 
@@ -147,5 +149,7 @@ class RewardScorer:
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         if self.takes_position_ids:
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
+        if self.takes_use_cache:
+            inputs["use_cache"] = False
         logits = self.model(**inputs).logits  # (B, 1)
         return logits[:, 0].float().tolist()
