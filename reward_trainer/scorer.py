@@ -19,15 +19,7 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-# Used by `score_conversations` when the tokenizer has no chat template: the HH-RLHF layout
-# ("\n\nHuman: ...\n\nAssistant: ..."), which is what the real data of this project looks like.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '\n\nHuman: ' + message['content'] }}"
-    "{% elif message['role'] == 'assistant' %}{{ '\n\nAssistant: ' + message['content'] }}"
-    "{% else %}{{ '\n\n' + message['role'] | capitalize + ': ' + message['content'] }}"
-    "{% endif %}{% endfor %}"
-)
+from .data import DEFAULT_CHAT_TEMPLATE  # the same rendering as training data without a chat template
 
 
 def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
@@ -52,8 +44,8 @@ class RewardScorer:
 
     Args:
         max_batch_tokens: a batch holds at most this many tokens, padding included (rows x longest row).
-        max_length: longer texts are cut from the left, keeping the response and the final EOS; None: the
-            model's maximum positions, if it has one.
+        max_length: longer texts are cut from the left (the tokenizer's `truncation_side` is set to `left`),
+            keeping the response and the special tokens; None: the model's maximum positions, if it has one.
         padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders
             (BERT) read the reward at the first token and need `right`.
     """
@@ -72,11 +64,15 @@ class RewardScorer:
             raise ValueError("the tokenizer has no pad token; train with reward_trainer, which adds one")
         self.model = model.eval()
         self.tokenizer = tokenizer
+        # Over-long texts lose their beginning, never the response; special tokens ([CLS], EOS) are kept.
+        tokenizer.truncation_side = "left"
         self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.padding_side = padding_side
         self.pad_token_id = tokenizer.pad_token_id
-        self.takes_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self.takes_position_ids = "position_ids" in parameters
+        self.takes_use_cache = "use_cache" in parameters  # no key/value cache: nothing is generated
         self.reward_mean = getattr(model.config, "reward_mean", None)
         self.reward_std = getattr(model.config, "reward_std", None)
 
@@ -107,7 +103,8 @@ class RewardScorer:
         return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize)
 
     def score_conversations(self, messages_lists: list[list[dict]], normalize: bool = False) -> list[float]:
-        """Reward of each conversation, rendered with the tokenizer's chat template (or `DEFAULT_CHAT_TEMPLATE`)."""
+        """Reward of each conversation, rendered with the tokenizer's chat template or, without one, the default
+        template that training uses for conversational data (`reward_trainer.data.DEFAULT_CHAT_TEMPLATE`)."""
         template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         texts = [self.tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in messages_lists]
         return self.score_texts(texts, normalize=normalize)
@@ -118,9 +115,7 @@ class RewardScorer:
             raise TypeError("score_texts takes a list of texts, not one string")
         if normalize and (self.reward_mean is None or not self.reward_std):
             raise ValueError("this model's config.json has no reward_mean/reward_std; score with normalize=False")
-        ids = self.tokenizer(list(texts))["input_ids"]
-        if self.max_length:
-            ids = [row[-self.max_length :] if len(row) > self.max_length else row for row in ids]
+        ids = self.tokenizer(list(texts), truncation=bool(self.max_length), max_length=self.max_length)["input_ids"]
         rewards = [0.0] * len(ids)
         for batch in self.batches(ids):
             for i, reward in zip(batch, self.forward([ids[i] for i in batch])):
@@ -154,5 +149,7 @@ class RewardScorer:
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         if self.takes_position_ids:
             inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
+        if self.takes_use_cache:
+            inputs["use_cache"] = False
         logits = self.model(**inputs).logits  # (B, 1)
         return logits[:, 0].float().tolist()

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_trainer import RewardScorer
+from reward_trainer.data import DEFAULT_CHAT_TEMPLATE
 from reward_trainer.quickstart import make_pairs
-from reward_trainer.scorer import DEFAULT_CHAT_TEMPLATE, reward_stats_from_metrics
+from reward_trainer.scorer import reward_stats_from_metrics
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +86,13 @@ def test_batches_respect_the_token_budget():
     assert scorer.batches([]) == []
 
 
-def test_long_texts_keep_their_end(trained_checkpoint):
+def test_long_texts_keep_their_end_and_special_tokens(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint), max_length=8)
     long_text = "cat dog fox owl bee ant | code of cat?\nanswer: red"
-    ids = scorer.tokenizer(long_text)["input_ids"]
-    assert len(ids) > 8
-    model = scorer.model
+    ids = scorer.tokenizer(long_text, truncation=False)["input_ids"]
+    assert len(ids) > 8 and ids[-1] == scorer.tokenizer.eos_token_id
     with torch.no_grad():
-        expected = model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()
+        expected = scorer.model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()  # the last 7 tokens + EOS
     assert scorer.score_texts([long_text])[0] == pytest.approx(expected, abs=1e-5)
 
 
@@ -133,9 +133,9 @@ def test_normalize_without_stats_is_an_error(tmp_path, tiny_tokenizer):
 def test_score_conversations(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     conversation = [{"role": "user", "content": "code of cat?"}, {"role": "assistant", "content": "red"}]
-    hh_text = "\n\nHuman: code of cat?\n\nAssistant: red"
-    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == hh_text
-    assert scorer.score_conversations([conversation]) == scorer.score_texts([hh_text])
+    text = "user: code of cat?\n\nassistant: red\n\n"  # training's default template for conversational data
+    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == text
+    assert scorer.score_conversations([conversation]) == scorer.score_texts([text])
     # A tokenizer's own template wins over the default.
     scorer.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
     assert scorer.score_conversations([conversation]) == scorer.score_texts(["<code of cat?><red>"])

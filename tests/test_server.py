@@ -107,3 +107,12 @@ def test_serve_command_rejects_a_missing_model(tmp_path):
 def test_serve_binds_loopback_by_default(trained_checkpoint):
     args = ServeArguments(str(trained_checkpoint))
     assert args.host == "127.0.0.1" and args.max_body_bytes == 16 * 2**20 and args.max_texts == 4096
+
+
+def test_serve_options_parse_from_the_command_line():
+    from reward_trainer.cli import UsageError, parse_args
+
+    (args,) = parse_args(["--model_name_or_path", "m", "--port", "9001", "--normalize", "true"], (ServeArguments,))
+    assert (args.host, args.port, args.normalize) == ("127.0.0.1", 9001, True)
+    with pytest.raises(UsageError, match="model_name_or_path"):
+        parse_args(["--port", "9001"], (ServeArguments,))
