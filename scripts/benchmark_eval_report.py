@@ -88,6 +88,7 @@ def train_minilm(train_rows: list[dict], output_dir: str, args) -> float:
     config = RewardConfig(
         output_dir=output_dir,
         num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
         per_device_train_batch_size=16,
         learning_rate=3e-5,
         warmup_steps=10,
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--eval_fraction", type=float, default=0.1)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max_steps", type=int, default=-1, help="Stop after N steps of 16 pairs (-1: the epochs).")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip_training", action="store_true", help="Only the length baselines.")
     args = parser.parse_args()
@@ -142,7 +144,8 @@ def main() -> None:
 
     model_dir = os.path.join(args.output_dir, "minilm-hh")
     seconds = train_minilm(hh_train, model_dir, args)
-    print(f"trained on {len(hh_train)} pairs, {args.epochs} epoch(s), in {seconds:.0f} s")
+    steps = f"{args.max_steps} steps of 16 pairs" if args.max_steps > 0 else f"{args.epochs} epoch(s)"
+    print(f"trained on {len(hh_train)} pairs ({steps}, max_length {args.max_length}) in {seconds:.0f} s")
     from reward_trainer.cli import main as cli
 
     report_dir = os.path.join(args.output_dir, "report")
