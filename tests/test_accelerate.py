@@ -29,13 +29,41 @@ from reward_trainer.trainer import NonFiniteLossError, RewardTrainer
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"
 # A few hundred pairs, one log line per step; everything else comes from the quickstart recipe.
-SMALL = ["--config", "recipes/quickstart.yaml", "--num_synthetic_pairs", "250", "--logging_steps", "1",
-         "--warmup_steps", "0", "--disable_tqdm", "true", "--per_device_eval_batch_size", "4"]
+SMALL = [
+    "--config",
+    "recipes/quickstart.yaml",
+    "--num_synthetic_pairs",
+    "250",
+    "--logging_steps",
+    "1",
+    "--warmup_steps",
+    "0",
+    "--disable_tqdm",
+    "true",
+    "--per_device_eval_batch_size",
+    "4",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training on one thread: on a shared 2-core machine extra threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def subprocess_env(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
     env.pop("RANK", None)
     return env
 
@@ -68,7 +96,9 @@ def test_every_accelerate_config_loads_and_names_its_launch_command():
         config = load_config_from_file(str(path))
         assert (config.distributed_type.value, config.mixed_precision) == (distributed_type, mixed_precision), name
         header = path.read_text().split("\ncompute_environment")[0]
-        assert re.search(rf"# +accelerate launch --config_file accelerate_configs/{name} .*scripts/train_reward.py", header), name
+        assert re.search(
+            rf"# +accelerate launch --config_file accelerate_configs/{name} .*scripts/train_reward.py", header
+        ), name
 
     cpu = load_config_from_file(str(CONFIGS / "cpu.yaml"))
     assert (cpu.num_processes, cpu.use_cpu) == (2, True)
@@ -109,24 +139,54 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     write_log = tmp_path / "writes.log"
     run = SMALL + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3"]
     two = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu.yaml"),
-         "scripts/train_reward.py", *run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "two")],
-        cwd=REPO, env=subprocess_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO}", WRITE_LOG=str(write_log)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(CONFIGS / "cpu.yaml"),
+            "scripts/train_reward.py",
+            *run,
+            "--per_device_train_batch_size",
+            "8",
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=subprocess_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO}", WRITE_LOG=str(write_log)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     one = subprocess.run(
-        [sys.executable, "scripts/train_reward.py", *run, "--per_device_train_batch_size", "16",
-         "--output_dir", str(tmp_path / "one")],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/train_reward.py",
+            *run,
+            "--per_device_train_batch_size",
+            "16",
+            "--output_dir",
+            str(tmp_path / "one"),
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out, _ = two.communicate(timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, out[-3000:]
     assert "rng_state_1.pth" in os.listdir(tmp_path / "two" / "checkpoint-6")  # really 2 processes
 
-    losses_one, losses_two = step_losses(tmp_path / "one" / "checkpoint-6"), step_losses(tmp_path / "two" / "checkpoint-6")
+    losses_one, losses_two = (
+        step_losses(tmp_path / "one" / "checkpoint-6"),
+        step_losses(tmp_path / "two" / "checkpoint-6"),
+    )
     assert sorted(losses_two) == list(range(1, 7))
-    np.testing.assert_allclose([losses_two[s] for s in range(1, 7)], [losses_one[s] for s in range(1, 7)], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        [losses_two[s] for s in range(1, 7)], [losses_one[s] for s in range(1, 7)], atol=1e-4, rtol=0
+    )
 
     eval_pairs = json.loads((tmp_path / "two" / "data_report.json").read_text())["eval_pairs"]
     assert eval_pairs % 8 != 0  # so 2 processes x batch 4 would need padding: duplicates would show
@@ -158,8 +218,20 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, monkeypatch):
         return model, tokenizer
 
     monkeypatch.setattr(train_module, "load_reward_model", load_and_watch)
-    argv = ["train", *SMALL, "--max_steps", "3", "--per_device_train_batch_size", "8", "--bf16", "true",
-            "--eval_strategy", "no", "--output_dir", str(tmp_path)]
+    argv = [
+        "train",
+        *SMALL,
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "8",
+        "--bf16",
+        "true",
+        "--eval_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert cli.main(argv) == 0
     assert seen and set(seen) == {torch.bfloat16}
     weights = load_file(tmp_path / "model.safetensors")
@@ -167,6 +239,7 @@ def test_bf16_mixed_precision_on_cpu(tmp_path, monkeypatch):
 
 
 # --- checkpoints and resume -------------------------------------------------------------------------------------
+
 
 def make_checkpoint(path: Path, step: int) -> Path:
     """A checkpoint folder with the files the stock Trainer writes (tiny contents)."""
@@ -196,7 +269,9 @@ def test_half_written_checkpoint_is_detected(tmp_path, damage, problem):
     checkpoint = make_checkpoint(tmp_path / "checkpoint-10", 10)
     assert checkpoint_problems(str(checkpoint)) == []
     damage(checkpoint)
-    assert any(p.startswith(problem) for p in checkpoint_problems(str(checkpoint))), checkpoint_problems(str(checkpoint))
+    assert any(p.startswith(problem) for p in checkpoint_problems(str(checkpoint))), checkpoint_problems(
+        str(checkpoint)
+    )
 
 
 def test_auto_resume_skips_the_half_written_checkpoint_with_a_warning(tmp_path, caplog):
@@ -215,13 +290,39 @@ def test_sigkill_then_auto_resume_gives_the_uninterrupted_weights(tmp_path):
     """Kill -9 at a random step after two checkpoints, damage the newest one as a half-written save would,
     rerun with `--resume_from_checkpoint auto`: same per-step losses (same data order) and same final weights."""
     # 120 pairs, batch 8: 15 steps per epoch, 4 epochs; the kill can land in epoch 1 or 2.
-    run = [sys.executable, "scripts/train_reward.py", *SMALL, "--num_synthetic_pairs", "120", "--num_train_epochs", "4",
-           "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "5"]
-    reference = subprocess.Popen(run + ["--output_dir", str(tmp_path / "reference")], cwd=REPO, env=subprocess_env(),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = [
+        sys.executable,
+        "scripts/train_reward.py",
+        *SMALL,
+        "--num_synthetic_pairs",
+        "120",
+        "--num_train_epochs",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "5",
+    ]
+    reference = subprocess.Popen(
+        run + ["--output_dir", str(tmp_path / "reference")],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     crashed = tmp_path / "crashed"
-    victim = subprocess.Popen(run + ["--output_dir", str(crashed)], cwd=REPO, env=subprocess_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen(
+        run + ["--output_dir", str(crashed)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     kill_at = random.randint(12, 35)  # logs of step 11 come after checkpoint-10 is fully written
     steps_logged = 0
     for line in victim.stdout:
@@ -235,8 +336,14 @@ def test_sigkill_then_auto_resume_gives_the_uninterrupted_weights(tmp_path):
 
     newest = max((p for p in crashed.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
     os.truncate(newest / "model.safetensors", (newest / "model.safetensors").stat().st_size // 2)
-    resumed = subprocess.run(run + ["--output_dir", str(crashed), "--resume_from_checkpoint", "auto"], cwd=REPO,
-                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        run + ["--output_dir", str(crashed), "--resume_from_checkpoint", "auto"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
     assert f"skipping incomplete checkpoint {newest}" in log
@@ -246,7 +353,10 @@ def test_sigkill_then_auto_resume_gives_the_uninterrupted_weights(tmp_path):
     expected, got = step_losses(tmp_path / "reference" / "checkpoint-60"), step_losses(crashed / "checkpoint-60")
     assert sorted(got) == list(range(1, 61))
     np.testing.assert_allclose([got[s] for s in range(1, 61)], [expected[s] for s in range(1, 61)], atol=1e-6, rtol=0)
-    reference_weights, resumed_weights = load_file(tmp_path / "reference" / "model.safetensors"), load_file(crashed / "model.safetensors")
+    reference_weights, resumed_weights = (
+        load_file(tmp_path / "reference" / "model.safetensors"),
+        load_file(crashed / "model.safetensors"),
+    )
     assert reference_weights.keys() == resumed_weights.keys()
     for name, value in reference_weights.items():
         assert (value - resumed_weights[name]).abs().max().item() <= 1e-6, name
@@ -260,8 +370,22 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
         return (chosen * float("nan"), rejected) if self.state.global_step == 3 else (chosen, rejected)
 
     monkeypatch.setattr(RewardTrainer, "compute_rewards", nan_at_step_4)
-    argv = ["train", *SMALL, "--max_steps", "8", "--per_device_train_batch_size", "8", "--eval_strategy", "no",
-            "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(tmp_path)]
+    argv = [
+        "train",
+        *SMALL,
+        "--max_steps",
+        "8",
+        "--per_device_train_batch_size",
+        "8",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path),
+    ]
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 4 "):
         cli.main(argv)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
@@ -270,6 +394,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
 
 
 # --- Hub ----------------------------------------------------------------------------------------------------------
+
 
 def test_model_card_metadata():
     card = model_card("me/rm", "openai-community/gpt2", "Anthropic/hh-rlhf", 0.71234, "reward-trainer train --x 1")
@@ -313,17 +438,39 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    argv = ["train", *SMALL, "--max_steps", "20", "--per_device_train_batch_size", "16", "--output_dir",
-            str(tmp_path / "out"), "--push_to_hub", "true", "--hub_model_id", "user/tiny-rm"]
+    argv = [
+        "train",
+        *SMALL,
+        "--max_steps",
+        "20",
+        "--per_device_train_batch_size",
+        "16",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "user/tiny-rm",
+    ]
     monkeypatch.setattr(sys, "argv", ["reward-trainer", *argv])
     assert cli.main(argv) == 0
 
     assert calls == [("create_repo", "user/tiny-rm"), ("upload_folder", "user/tiny-rm")]
     repo = hub / "user" / "tiny-rm"
-    assert sorted(os.listdir(repo)) == sorted([
-        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-        "training_args.bin", "all_results.json", "eval_results.json", "train_results.json", "data_report.json",
-    ])
+    assert sorted(os.listdir(repo)) == sorted(
+        [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "training_args.bin",
+            "all_results.json",
+            "eval_results.json",
+            "train_results.json",
+            "data_report.json",
+        ]
+    )
     metrics = json.loads((repo / "eval_results.json").read_text())
     card = ModelCard.load(repo / "README.md")
     assert "reward-model" in card.data.tags and card.data.library_name == "transformers"
@@ -339,8 +486,11 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     pairs = make_pairs(25, seed=42 + 1)  # the built-in held-out set of 250 pairs, as data.py builds it
     assert len(pairs) == metrics["eval_num_pairs"]
     with torch.no_grad():
+
         def rewards(key):
-            return np.array([model(**tokenizer(p["prompt"] + p[key], return_tensors="pt")).logits[0, 0].item() for p in pairs])
+            return np.array(
+                [model(**tokenizer(p["prompt"] + p[key], return_tensors="pt")).logits[0, 0].item() for p in pairs]
+            )
 
         chosen, rejected = rewards("chosen"), rewards("rejected")
     assert pair_correctness(chosen, rejected).mean() == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
@@ -349,6 +499,7 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
 
 
 # --- security -----------------------------------------------------------------------------------------------------
+
 
 class _RunsCodeWhenUnpickled:
     def __init__(self, marker: Path):
