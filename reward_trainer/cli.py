@@ -72,15 +72,20 @@ def parse_args(argv: list[str], dataclass_types=(ModelArguments, DataArguments, 
 
 
 def run_and_report_errors(fn: Callable[[], object]) -> int:
-    """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback."""
+    """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback, and a
+    diverged run (non-finite loss) one line and exit code 1."""
     from .data import DataError
     from .modeling import ModelLoadError
+    from .trainer import NonFiniteLossError
 
     try:
         fn()
     except (UsageError, DataError, ModelLoadError) as err:
         print(f"reward-trainer: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteLossError as err:
+        print(f"reward-trainer: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
