@@ -1,19 +1,22 @@
 """The `reward-trainer` command line.
 
     reward-trainer train --config recipes/quickstart.yaml [--any_field value ...]
+    reward-trainer serve --model_name_or_path outputs/quickstart [--host 127.0.0.1] [--port 8000]
+    reward-trainer evaluate --model_name_or_path DIR --dataset_name PATH_OR_NAME [--output_dir OUT]
 
 A `--config` YAML file gives defaults, flags on the command line override them, and an unknown key in
 either is an error that names it. Bad input ends with one line on stderr and exit code 2.
 """
 
 import json
+import os
 import sys
 from collections.abc import Callable
 
 import yaml
 from transformers import HfArgumentParser
 
-from .config import DataArguments, ModelArguments, RewardConfig
+from .config import DataArguments, EvaluateArguments, ModelArguments, RewardConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -69,15 +72,20 @@ def parse_args(argv: list[str], dataclass_types=(ModelArguments, DataArguments, 
 
 
 def run_and_report_errors(fn: Callable[[], object]) -> int:
-    """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback."""
+    """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback, and a
+    diverged run (non-finite loss) one line and exit code 1."""
     from .data import DataError
     from .modeling import ModelLoadError
+    from .trainer import NonFiniteLossError
 
     try:
         fn()
     except (UsageError, DataError, ModelLoadError) as err:
         print(f"reward-trainer: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteLossError as err:
+        print(f"reward-trainer: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -90,7 +98,40 @@ def train_main(argv: list[str]) -> int:
     return run_and_report_errors(run)
 
 
-COMMANDS = {"train": train_main}
+def serve_main(argv: list[str]) -> int:
+    def run():
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError as err:
+            raise UsageError(f"`serve` needs the serve extra: pip install 'reward-trainer[serve]' ({err})") from None
+        from .modeling import ModelLoadError
+        from .server import ServeArguments, serve
+
+        (args,) = parse_args(argv, (ServeArguments,))
+        try:
+            serve(args)
+        except OSError as err:
+            raise ModelLoadError(f"cannot load model {args.model_name_or_path!r}: {str(err).splitlines()[0]}") from err
+
+    return run_and_report_errors(run)
+
+
+def evaluate_main(argv: list[str]) -> int:
+    def run():
+        from .evaluation import REPORT_JSON, evaluate_model
+
+        (args,) = parse_args(argv, dataclass_types=(EvaluateArguments,))
+        report = evaluate_model(args)
+        if "accuracy" in report:
+            low, high = report["accuracy_ci95"]
+            print(f"accuracy: {report['accuracy']:.4f} (95% CI {low:.4f} - {high:.4f}) on {report['pairs']} pairs")
+        print(f"Wrote {os.path.join(args.output_dir, REPORT_JSON)} and the Markdown report and plots beside it")
+
+    return run_and_report_errors(run)
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": serve_main}
 
 
 def main(argv: list[str] | None = None) -> int:

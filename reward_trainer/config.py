@@ -42,6 +42,20 @@ class ModelArguments:
         default=None,
         metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."},
     )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters plus the whole score head instead of all weights. Saves the adapter in "
+            "`<output_dir>/adapter` and a merged model, loadable by plain transformers, in `<output_dir>`."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. `q_proj v_proj`, `all-linear`); default: PEFT's choice for the model type."},
+    )
 
 
 @dataclass
@@ -157,8 +171,17 @@ class RewardConfig(TrainingArguments):
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
+    Parameters that control throughput (all exact: the rewards are those of the plain forward):
+        prefix_sharing: one row `[prompt | chosen | rejected]` per pair, the prompt encoded once
+            (`reward_trainer.packing`). Causal models with a `score` head only; off by itself for encoders.
+        pack_rows: with prefix sharing, pack short rows together up to the batch's longest row.
+        dedupe_sequences: encode a sequence that occurs in several pairs of a batch once (rankings).
+        train_sampling_strategy="group_by_length": batches of pairs of similar length (the longer side),
+            (`trainer.PairLengthSampler`, reading a `length` column that `RewardTrainer` adds), so batches
+            carry little padding.
+
     Defaults that differ from `TrainingArguments`:
-        output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
+        train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
         save_strategy="no", report_to="none", remove_unused_columns=False (the collator needs the
         `chosen_ids`/`rejected_ids` columns, which the model's forward does not name).
     """
@@ -181,7 +204,63 @@ class RewardConfig(TrainingArguments):
         default=False,
         metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`auto`: resume from the newest complete `checkpoint-N` in `output_dir` (half-written ones are "
+            "skipped with a warning; none found: start from scratch), or the path of a checkpoint."
+        },
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},
     )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: `group_by_length` (default) batches pairs of similar length, the longer side of "
+            "each pair, so batches carry little padding; `random` is the stock shuffle.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode the shared prompt of a pair once: one row [prompt | chosen | rejected] with a mask that "
+            "hides chosen from rejected. Exact for causal models; automatically off for encoders (BERT)."
+        },
+    )
+    pack_rows: bool = field(
+        default=True,
+        metadata={"help": "With prefix sharing, pack several short pairs into one row, up to the batch's longest row."},
+    )
+    dedupe_sequences: bool = field(
+        default=True,
+        metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
+    )
+
+
+@dataclass
+class EvaluateArguments:
+    """`reward-trainer evaluate`: score a trained reward model on preference data and write a report."""
+
+    model_name_or_path: str = field(metadata={"help": "A trained reward model: a local directory or a Hub id."})
+    dataset_name: list[str] = field(
+        metadata={
+            "help": "One or more local files (.json/.jsonl/.jsonl.gz/.parquet/.csv), `save_to_disk` directories or "
+            "Hub datasets. Rows: `chosen`, `rejected` and optionally `prompt`, `tie`, `source`/`subset`; or ranked "
+            "rows: `prompt`, `responses` and `scores` (higher is better). With several, each is its own subset."
+        }
+    )
+    output_dir: str = field(
+        default="outputs/evaluation",
+        metadata={"help": "Where eval_report.json, eval_report.md and the PNG plots are written."},
+    )
+    split: str = field(default="test", metadata={"help": "Split of a Hub dataset or `save_to_disk` directory."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
+    max_length: int | None = field(
+        default=512, metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Texts scored per forward pass."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})

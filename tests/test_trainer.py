@@ -1,0 +1,156 @@
+"""RewardTrainer: gradient accumulation, evaluation metrics, and an end-to-end run reloaded by plain transformers."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction, TrainerCallback
+
+from reward_trainer import PreferenceCollator, RewardConfig, RewardTrainer
+from reward_trainer.config import DataArguments, ModelArguments
+from reward_trainer.data import load_preference_data
+from reward_trainer.metrics import compute_metrics
+from reward_trainer.modeling import load_reward_model
+
+
+class GradientCapture(TrainerCallback):
+    """Keeps a copy of every parameter's gradient just before the first optimizer step."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+
+
+def first_step_gradients(tmp_path, batch_size, accumulation, weights=None):
+    torch.manual_seed(0)
+    model, tokenizer = load_reward_model(ModelArguments())
+    data = load_preference_data(DataArguments(num_synthetic_pairs=40), tokenizer, seed=0)
+    train = data.train.select(range(8))
+    if weights is not None:
+        train = train.remove_columns([c for c in ("weight",) if c in train.column_names]).add_column("weight", weights)
+    args = RewardConfig(
+        output_dir=str(tmp_path / f"b{batch_size}x{accumulation}"),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        max_grad_norm=0.0,
+        eval_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    capture = GradientCapture(model)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        data_collator=PreferenceCollator(tokenizer.pad_token_id),
+        train_dataset=train,
+        callbacks=[capture],
+    )
+    trainer.train()
+    return capture.grads
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    full = first_step_gradients(tmp_path, batch_size=4, accumulation=1)
+    accumulated = first_step_gradients(tmp_path, batch_size=2, accumulation=2)
+    assert full.keys() == accumulated.keys() and len(full) > 0
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_gradient_accumulation_is_exact_with_unequal_pair_weights(tmp_path):
+    # Micro-batches of different total weight: a per-micro-batch mean would weigh them equally and differ.
+    weights = [1.0, 1.0, 0.25, 0.25, 1.0, 1.0, 1.0, 1.0]
+    full = first_step_gradients(tmp_path, batch_size=4, accumulation=1, weights=weights)
+    accumulated = first_step_gradients(tmp_path, batch_size=2, accumulation=2, weights=weights)
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_compute_metrics_counts_ties_as_half():
+    rewards = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]])  # right, wrong, model tie, human tie
+    human_tie = np.array([0, 0, 0, 1])
+    metrics = compute_metrics(EvalPrediction(predictions=rewards, label_ids=human_tie))
+    assert metrics["accuracy"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
+    assert metrics["tie_rate"] == pytest.approx(0.25)
+    assert metrics["margin"] == pytest.approx((1 - 1 + 0 + 3) / 4)
+    assert metrics["chosen_reward_mean"] == pytest.approx(1.5)
+    assert metrics["rejected_reward_std"] == pytest.approx(np.std([1.0, 1.0, 1.0, 0.0]))
+
+
+RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    assert not any(m.startswith("reward_trainer") for m in sys.modules)
+    path, texts = sys.argv[1], json.loads(sys.argv[2])
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        rewards = [model(**tok(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+    assert not any(m.startswith("reward_trainer") for m in sys.modules)
+    print(json.dumps(rewards))
+    """
+)
+
+
+def test_trained_model_reloads_in_plain_transformers(tmp_path):
+    from reward_trainer.cli import parse_args
+    from reward_trainer.quickstart import make_pairs
+    from reward_trainer.train import train
+
+    out = tmp_path / "model"
+    metrics = train(
+        *parse_args(
+            [
+                "--config",
+                "recipes/quickstart.yaml",
+                "--output_dir",
+                str(out),
+                "--num_synthetic_pairs",
+                "200",
+                "--num_train_epochs",
+                "1",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+    )
+    assert "eval_accuracy" in metrics
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == pytest.approx(
+        metrics["eval_accuracy"]
+    )
+    assert (out / "model.safetensors").exists() and not list(out.glob("pytorch_model*"))
+
+    pairs = make_pairs(3, seed=99)
+    prompts = [p["prompt"] for p in pairs] * 2
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    texts = [p + r for p, r in zip(prompts, responses)]
+    reloaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", RELOAD_SCRIPT, str(out), json.dumps(texts)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+    ours = project_scores(out, prompts, responses)
+    np.testing.assert_allclose(reloaded, ours, atol=1e-5, rtol=0)
+    assert len(set(np.round(ours, 4))) > 1  # a trained model, not a constant
+
+
+def project_scores(path, prompts, responses):
+    """The project's own batched scoring path for a saved checkpoint."""
+    from reward_trainer.scorer import RewardScorer
+
+    return RewardScorer.from_pretrained(str(path)).score(prompts, responses)
