@@ -1,6 +1,7 @@
 """The `reward-trainer` command line.
 
     reward-trainer train --config recipes/quickstart.yaml [--any_field value ...]
+    reward-trainer serve --model_name_or_path outputs/quickstart [--host 127.0.0.1] [--port 8000]
     reward-trainer evaluate --model_name_or_path DIR --dataset_name PATH_OR_NAME [--output_dir OUT]
 
 A `--config` YAML file gives defaults, flags on the command line override them, and an unknown key in
@@ -92,6 +93,25 @@ def train_main(argv: list[str]) -> int:
     return run_and_report_errors(run)
 
 
+def serve_main(argv: list[str]) -> int:
+    def run():
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError as err:
+            raise UsageError(f"`serve` needs the serve extra: pip install 'reward-trainer[serve]' ({err})") from None
+        from .modeling import ModelLoadError
+        from .server import ServeArguments, serve
+
+        (args,) = parse_args(argv, (ServeArguments,))
+        try:
+            serve(args)
+        except OSError as err:
+            raise ModelLoadError(f"cannot load model {args.model_name_or_path!r}: {str(err).splitlines()[0]}") from err
+
+    return run_and_report_errors(run)
+
+
 def evaluate_main(argv: list[str]) -> int:
     def run():
         from .evaluation import REPORT_JSON, evaluate_model
@@ -106,7 +126,7 @@ def evaluate_main(argv: list[str]) -> int:
     return run_and_report_errors(run)
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main}
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": serve_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .packing import prefix_shared_batch, unique_sequences
+
+RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after the shared prompt
+PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)
+
 
 @dataclass
 class PreferenceCollator:
@@ -25,13 +30,27 @@ class PreferenceCollator:
             [1, 0, 0, 0],
             [1, 1, 0, 0],
             [1, 1, 1, 1]]), 'margin': tensor([1., 0.])}
+
+    With `dedupe=True`, a sequence that occurs several times in the batch (a ranking of K responses
+    expanded into pairs) is padded once: `input_ids` holds the U distinct sequences, and `chosen_index`
+    / `rejected_index` (B,) say which row is each pair's chosen and rejected sequence.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    dedupe: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        sequences = [row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows]
+        if self.dedupe:
+            sequences, chosen, rejected = unique_sequences(rows)
+            batch = self.pad(sequences)
+            batch["chosen_index"] = torch.tensor(chosen, dtype=torch.long)
+            batch["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
+        else:
+            batch = self.pad([row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows])
+        return batch | pair_columns(rows)
+
+    def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
         length = max(len(ids) for ids in sequences)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -40,8 +59,46 @@ class PreferenceCollator:
         for i, ids in enumerate(sequences):
             input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[i, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        for key in ("margin", "weight", "tie"):
-            if key in rows[0]:
-                batch[key] = torch.tensor([float(row[key]) for row in rows])
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def pair_columns(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """The optional per-pair float columns, (B,) each."""
+    return {key: torch.tensor([float(row[key]) for row in rows]) for key in PAIR_COLUMNS if key in rows[0]}
+
+
+@dataclass
+class PrefixSharingCollator:
+    """Lays out each pair as one row `[prompt | chosen | rejected]` for causal models (see `reward_trainer.packing`).
+
+    Each distinct sequence of the batch is encoded once; with `pack=True` short rows are packed together
+    into rows no longer than the longest one. The output feeds `packing.prefix_shared_rewards`:
+
+    >>> batch = PrefixSharingCollator(pad_token_id=0)([{"chosen_ids": [5, 6, 7], "rejected_ids": [5, 8]}])
+    >>> batch["input_ids"], batch["position_ids"]
+    (tensor([[5, 6, 7, 8]]), tensor([[0, 1, 2, 1]]))
+    >>> batch["attention_mask"][0, 0].int()  # the rejected token 8 sees the prompt 5, not the chosen 6 7
+    tensor([[1, 0, 0, 0],
+            [1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [1, 0, 0, 1]], dtype=torch.int32)
+    >>> batch["reward_index"], batch["chosen_index"], batch["rejected_index"]
+    (tensor([2, 3]), tensor([0]), tensor([1]))
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    pack: bool = True
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = prefix_shared_batch(rows, self.pad_token_id, self.pack, self.pad_to_multiple_of)
+        return batch | pair_columns(rows)
+
+
+def collator_for(model, args, pad_token_id: int):
+    """The fastest exact collator for `model` that `args` (a `RewardConfig`) allows."""
+    from .packing import supports_prefix_sharing
+
+    if getattr(args, "prefix_sharing", False) and supports_prefix_sharing(model):
+        return PrefixSharingCollator(pad_token_id, pack=args.pack_rows)
+    return PreferenceCollator(pad_token_id, dedupe=getattr(args, "dedupe_sequences", False))

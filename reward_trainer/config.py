@@ -39,29 +39,98 @@ class ModelArguments:
         },
     )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."}
+        default=None,
+        metadata={"help": "Attention kernel: `eager`, `sdpa`, `flash_attention_2`; default: the model's."},
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters plus the whole score head instead of all weights. Saves the adapter in "
+            "`<output_dir>/adapter` and a merged model, loadable by plain transformers, in `<output_dir>`."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. `q_proj v_proj`, `all-linear`); default: PEFT's choice for the model type."},
     )
 
 
 @dataclass
 class DataArguments:
-    """Where the preference pairs come from and how they are tokenized."""
+    """Where the preference pairs come from, what shape they have, and how they are tokenized.
+
+    Formats (auto-detected from the columns and logged; force one with `data_format`):
+        explicit_prompt: `prompt`, `chosen`, `rejected` strings.
+        implicit_prompt: `chosen`, `rejected` whole conversations (HH-RLHF); the prompt is their shared
+            prefix up to the last "\\n\\nAssistant:".
+        conversational: `chosen`/`rejected` (and optional `prompt`) lists of {"role", "content"} messages,
+            rendered with the tokenizer's chat template (a plain "role: content" template if it has none).
+        ranking: `prompt` and `responses`, K >= 2 strings best first (or ordered by a `scores` list).
+        column_mapping: `response_columns` + `label_columns` + `label_values` name the columns of anything else.
+    Any pair format may carry `margin` (or `score_chosen`/`score_rejected`) and `tie` columns.
+    """
 
     dataset_name: str = field(
         default=BUILTIN_DATASET,
         metadata={
             "help": "A Hub dataset (e.g. `Anthropic/hh-rlhf`), a local file (.json/.jsonl/.jsonl.gz/.parquet/.csv) or "
-            "directory, or `builtin:code-book`, the offline synthetic task (see `reward_trainer.quickstart`)."
+            "`save_to_disk` directory, or `builtin:code-book`, the offline synthetic task (see `reward_trainer.quickstart`)."
+        },
+    )
+    dataset_mixture: str | None = field(
+        default=None,
+        metadata={
+            "help": "Several sources instead of `dataset_name`: a JSON object (a mapping in YAML) {source: weight}, "
+            "where weight in (0, 1] is the fraction of that source's training rows used, sampled under the seed."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (subset) name."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: str = field(
-        default="test", metadata={"help": "Split used for evaluation, when the dataset has it."}
-    )
+    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation, when the dataset has it."})
     eval_fraction: float = field(
         default=0.05,
-        metadata={"help": "Held-out fraction, split by prompt, used when the dataset has no `eval_split`."},
+        metadata={
+            "help": "Held-out fraction, split by prompt (a hash of the prompt under the seed, so no prompt is on both "
+            "sides), used when the dataset has no `eval_split`."
+        },
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Format of the rows; `auto` detects it from the columns (see the class docstring).",
+            "choices": ["auto", "explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping"],
+        },
+    )
+    column_mapping: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Renames columns before detection, as JSON: e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.'
+        },
+    )
+    prompt_columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Columns joined (blank line between, empty ones left out) into the prompt, for `column_mapping`."
+        },
+    )
+    response_columns: list[str] | None = field(
+        default=None, metadata={"help": "Columns holding the candidate responses, for `column_mapping`."}
+    )
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Columns holding each annotator's label, for `column_mapping`. The strict majority label wins; "
+            "a majority for tie, or no strict majority, makes the row a tie."
+        },
+    )
+    label_values: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'
+        },
     )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest tokenized prompt + response, in tokens. None: no limit."}
@@ -69,8 +138,9 @@ class DataArguments:
     truncation: str = field(
         default="keep_end",
         metadata={
-            "help": "Over-long pairs: `keep_end` cuts the prompt from the left, keeping the response whole, and cuts "
-            "the response only if it alone is too long; `filter` drops the pair (what TRL does).",
+            "help": "Over-long pairs: `keep_end` cuts the prompt from the left (the same tokens for both responses), "
+            "keeping the response whole, and cuts the response from the right only if it alone is too long; special "
+            "tokens at both ends are kept. `filter` drops the pair (what TRL does).",
             "choices": ["keep_end", "filter"],
         },
     )
@@ -82,12 +152,15 @@ class DataArguments:
             "choices": ["error", "skip"],
         },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation pairs."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
     num_synthetic_pairs: int = field(
         default=6000, metadata={"help": "Training pairs generated for `builtin:code-book` (plus 10% held out)."}
     )
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for reading and tokenization."})
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where `datasets` caches processed data (default: `HF_DATASETS_CACHE`)."}
+    )
 
 
 @dataclass
@@ -98,8 +171,17 @@ class RewardConfig(TrainingArguments):
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
+    Parameters that control throughput (all exact: the rewards are those of the plain forward):
+        prefix_sharing: one row `[prompt | chosen | rejected]` per pair, the prompt encoded once
+            (`reward_trainer.packing`). Causal models with a `score` head only; off by itself for encoders.
+        pack_rows: with prefix sharing, pack short rows together up to the batch's longest row.
+        dedupe_sequences: encode a sequence that occurs in several pairs of a batch once (rankings).
+        train_sampling_strategy="group_by_length": batches of pairs of similar length (the longer side),
+            (`trainer.PairLengthSampler`, reading a `length` column that `RewardTrainer` adds), so batches
+            carry little padding.
+
     Defaults that differ from `TrainingArguments`:
-        output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
+        train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
         save_strategy="no", report_to="none", remove_unused_columns=False (the collator needs the
         `chosen_ids`/`rejected_ids` columns, which the model's forward does not name).
     """
@@ -109,17 +191,52 @@ class RewardConfig(TrainingArguments):
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."})
-    save_strategy: SaveStrategy | str = field(default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to evaluate: `no`, `steps` or `epoch`."}
+    )
+    save_strategy: SaveStrategy | str = field(
+        default="no", metadata={"help": "When to checkpoint: `no`, `steps` or `epoch`."}
+    )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Trackers to log to (`tensorboard`, `wandb`, ...), or `none`."}
     )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."}
+        default=False,
+        metadata={"help": "Keep dataset columns the model's forward does not name (the collator needs them)."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "`auto`: resume from the newest complete `checkpoint-N` in `output_dir` (half-written ones are "
+            "skipped with a warning; none found: start from scratch), or the path of a checkpoint."
+        },
     )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: `group_by_length` (default) batches pairs of similar length, the longer side of "
+            "each pair, so batches carry little padding; `random` is the stock shuffle.",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode the shared prompt of a pair once: one row [prompt | chosen | rejected] with a mask that "
+            "hides chosen from rejected. Exact for causal models; automatically off for encoders (BERT)."
+        },
+    )
+    pack_rows: bool = field(
+        default=True,
+        metadata={"help": "With prefix sharing, pack several short pairs into one row, up to the batch's longest row."},
+    )
+    dedupe_sequences: bool = field(
+        default=True,
+        metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
     )
 
 

@@ -32,13 +32,15 @@ def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
     chosen, rejected = rewards[:, 0], rewards[:, 1]
     labels = None if eval_pred.label_ids is None else np.asarray(eval_pred.label_ids, dtype=np.float64)
     human_tie, lengths = labels, (None, None)
-    if labels is not None and labels.ndim == 2:
-        human_tie, lengths = labels[:, 0], (labels[:, 1], labels[:, 2])
+    if labels is not None and labels.ndim == 2:  # (N, 1): tie; (N, 3): tie and the two response lengths
+        human_tie = labels[:, 0]
+        if labels.shape[1] == 3:
+            lengths = (labels[:, 1], labels[:, 2])
     metrics = preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
     ties = np.zeros_like(chosen) if human_tie is None else human_tie
     metrics["accuracy"] = preference_accuracy_metric().compute(
         chosen_rewards=chosen, rejected_rewards=rejected, ties=ties
     )["accuracy"]
     metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
-    metrics.pop("pairs")
+    metrics["num_pairs"] = metrics.pop("pairs")  # pairs scored: under DDP, shows none were duplicated or dropped
     return {key: float(value) for key, value in metrics.items()}

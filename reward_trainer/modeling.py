@@ -94,3 +94,31 @@ def prepare_tokenizer_and_model(tokenizer: PreTrainedTokenizerBase, model: PreTr
         if not ends_with_special_token(tokenizer):
             raise ModelLoadError(f"could not make tokenizer {type(tokenizer).__name__} append EOS")
     model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def add_lora(model: PreTrainedModel, model_args: ModelArguments):
+    """Wraps `model` with LoRA adapters; the score head is trained and saved whole (`modules_to_save`)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    head = next((name for name in ("score", "classifier") if isinstance(getattr(model, name, None), torch.nn.Module)), None)
+    if head is None:
+        raise ModelLoadError(f"cannot find the score head of {type(model).__name__} (looked for `score`, `classifier`)")
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=[head],
+    )
+    return get_peft_model(model, config)
+
+
+def save_lora_model(model, tokenizer: PreTrainedTokenizerBase, output_dir: str) -> None:
+    """Saves the adapter (with the whole head) in `output_dir/adapter` and the merged model in `output_dir`."""
+    adapter_dir = os.path.join(output_dir, "adapter")
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)

@@ -12,11 +12,12 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from .collator import PreferenceCollator
+from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_report
 from .metrics import compute_metrics
-from .modeling import load_reward_model
+from .modeling import add_lora, load_reward_model, save_lora_model
+from .scorer import store_reward_normalization
 from .trainer import RewardTrainer
 
 logger = logging.getLogger("reward_trainer")
@@ -28,8 +29,8 @@ reward = model(**tok("<prompt><response>", return_tensors="pt")).logits[0, 0].it
 
 def setup_logging(training_args: RewardConfig) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    level = training_args.get_process_log_level()  # INFO on the main process, WARNING on the others
-    logger.setLevel(level)
+    level = training_args.get_process_log_level()  # the libraries: `--log_level` (default: WARNING)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)  # ours: INFO on the main process
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
@@ -38,6 +39,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     setup_logging(training_args)
     set_seed(training_args.seed)
     model, tokenizer = load_reward_model(model_args)
+    if model_args.use_peft:
+        model = add_lora(model, model_args)
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
     if training_args.should_save:
@@ -47,13 +50,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     trainer = RewardTrainer(
         model=model,
         args=training_args,
-        data_collator=PreferenceCollator(pad_token_id=tokenizer.pad_token_id),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = {}
@@ -61,7 +64,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    trainer.save_model(training_args.output_dir)
+        # The scorer's `normalize=True` reads these from config.json; plain transformers ignores them.
+        store_reward_normalization(trainer.model.config, metrics)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is one plain safetensors state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if model_args.use_peft:
+        if trainer.is_world_process_zero():
+            save_lora_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, training_args.output_dir)
+    elif training_args.push_to_hub:  # saves to output_dir, writes the model card, uploads the folder
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
+    else:
+        trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         path = os.path.abspath(training_args.output_dir)
         if "eval_accuracy" in metrics:

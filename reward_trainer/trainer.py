@@ -1,9 +1,51 @@
 """`RewardTrainer`: the stock `Trainer` with the pairwise Bradley-Terry loss."""
 
+import os
+
+import datasets
 import torch
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
+from .collator import collator_for
 from .loss import bradley_terry_loss
+from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS
+from .packing import prefix_shared_rewards, shared_prefix_length
+
+
+def pair_length(row: dict) -> dict[str, int]:
+    """The length a pair is batched by: its longer side."""
+    return {"length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))}
+
+
+class PairLengthSampler(Sampler[int]):
+    """Batches of pairs of near-equal length, in a random order of batches, new each epoch.
+
+    Sorts all pairs by length (ties broken at random), cuts the order into batches of `batch_size`
+    and shuffles the batches. The stock `LengthGroupedSampler` sorts only within random "megabatches"
+    of 4 to 50 batches, which leaves several times more padding on small data sets.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        shuffled = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order = sorted(shuffled, key=self.lengths.__getitem__)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            yield from batches[b]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; raised before that step updates the weights."""
 
 
 class RewardTrainer(Trainer):
@@ -13,19 +55,61 @@ class RewardTrainer(Trainer):
     pair for `compute_metrics`, with the human tie and the response lengths as labels) and the count of
     pairs used to scale the loss under gradient accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
+
+    With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
+    sharing for causal models). Under `train_sampling_strategy="group_by_length"` it adds a `length`
+    column (the longer side of each pair) and batches pairs by it with `PairLengthSampler`.
     """
 
     # compute_loss normalizes by the pairs of the whole accumulated batch (see `_get_num_items_in_batch`).
     loss_is_scaled_for_ga = True
 
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, **kwargs):
+        if data_collator is None and model is not None and args is not None:
+            data_collator = collator_for(model, args, model.config.pad_token_id)
+        grouped = args is not None and args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        if (
+            grouped
+            and isinstance(train_dataset, datasets.Dataset)
+            and args.length_column_name not in train_dataset.column_names
+        ):
+            train_dataset = train_dataset.map(pair_length, desc="Measuring pair lengths")
+            if args.length_column_name != "length":
+                train_dataset = train_dataset.rename_column("length", args.length_column_name)
+        eval_dataset = kwargs.pop("eval_dataset", None)
+        if isinstance(eval_dataset, datasets.Dataset) and "chosen_length" not in eval_dataset.column_names:
+            eval_dataset = eval_dataset.map(response_lengths, desc="Measuring response lengths")
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
+        )
+
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "weight", "tie"]
+            self._signature_columns = ["chosen_ids", "rejected_ids", "group", *PAIR_COLUMNS]
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        column = self.args.length_column_name
+        if self.args.train_sampling_strategy == "group_by_length" and column in getattr(
+            train_dataset, "column_names", []
+        ):
+            # Sorted chunks of the global batch: under DDP each process takes its slice of the same chunk,
+            # so the pairs of a step are those of a single-process run with the same global batch.
+            global_batch = self.args.train_batch_size * self.args.world_size
+            return PairLengthSampler(train_dataset[column], global_batch, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Evaluate in dataset order, whatever the training order (the stock sampler follows the training
+        # strategy), so that predictions line up with the rows they score. Under DDP, accelerate shards the
+        # data in order and `gather_for_metrics` drops the samples it repeated to fill the last batch.
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
 
     def compute_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward over chosen and rejected stacked in one batch; returns their rewards, (B,) each."""
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        return logits.squeeze(-1).float().chunk(2)  # (2B, 1) -> (B,), (B,)
+        """Rewards of each pair's chosen and rejected sequence, (B,) each; see `pair_rewards`."""
+        return pair_rewards(model, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = self.compute_rewards(model, inputs)
@@ -38,10 +122,19 @@ class RewardTrainer(Trainer):
             # global) batch, so that 2 x accumulation 2 gives the gradient of batch 4 exactly, even when
             # micro-batches differ in size. DDP averages gradients over processes: multiply that back.
             loss = (weight * losses).sum() / num_items_in_batch * self.accelerator.num_processes
+            # Stop before a NaN reaches the weights (and from there every later checkpoint). This costs one
+            # device sync per micro-batch; on a crash, the checkpoints already written stay intact.
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "
+                    f"(epoch {self.state.epoch or 0:.2f}); stopped before updating the weights. Checkpoints in "
+                    f"{self.args.output_dir} are intact: lower the learning rate or check the data, then rerun "
+                    "with --resume_from_checkpoint auto"
+                )
         return (loss, (chosen, rejected)) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        weights = [batch["weight"].sum() if "weight" in batch else batch["input_ids"].shape[0] // 2 for batch in batch_samples]
+        weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]
         num_items = torch.as_tensor(sum(float(w) for w in weights), device=device)
         if self.args.world_size > 1:
             num_items = self.accelerator.gather(num_items).sum()
@@ -55,14 +148,49 @@ class RewardTrainer(Trainer):
             return loss.detach(), None, None
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
         human_tie = inputs.get("tie", torch.zeros_like(chosen))
-        labels = torch.stack([human_tie.float(), *response_lengths(inputs["input_ids"], inputs["attention_mask"])], dim=1)
-        return loss.detach(), rewards, labels  # (B, 3): tie, chosen and rejected response length in tokens
+        labels = [human_tie.float()] + [inputs[k].float() for k in RESPONSE_LENGTH_COLUMNS if k in inputs]
+        return loss.detach(), rewards, torch.stack(labels, dim=1)  # (B, 1) tie, or (B, 3) tie and response lengths
+
+    def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
+        """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by
+        `push_to_hub`, which passes `finetuned_from`, `dataset` and `command` through."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import model_card, training_command
+
+        accuracies = [log["eval_accuracy"] for log in self.state.log_history if "eval_accuracy" in log]
+        card = model_card(
+            repo_id=self.hub_model_id or self.args.hub_model_id or model_name or "reward-model",
+            base_model=finetuned_from or self.model.config.name_or_path,
+            dataset=dataset or "unknown",
+            eval_accuracy=accuracies[-1] if accuracies else None,
+            command=command or training_command(),
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
-def response_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens after the shared prompt (the longest common prefix) of each pair, for the length-bias metrics."""
-    chosen_ids, rejected_ids = input_ids.chunk(2)  # (B, T) each
-    chosen_mask, rejected_mask = attention_mask.bool().chunk(2)
-    same = (chosen_ids == rejected_ids) & chosen_mask & rejected_mask
-    prefix = same.long().cumprod(dim=1).sum(dim=1)  # (B,)
-    return (chosen_mask.sum(dim=1) - prefix).float(), (rejected_mask.sum(dim=1) - prefix).float()
+def response_lengths(row: dict) -> dict[str, int]:
+    """Tokens after the shared prompt (the longest common prefix) of each response, for the length-bias metrics."""
+    prefix = shared_prefix_length(row["chosen_ids"], row["rejected_ids"])
+    return {"chosen_length": len(row["chosen_ids"]) - prefix, "rejected_length": len(row["rejected_ids"]) - prefix}
+
+
+def num_pairs(batch: dict[str, torch.Tensor]) -> int:
+    return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
+
+
+def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of each pair's chosen and rejected sequence, (B,) each, from the batch a collator built.
+
+    Plain (`PreferenceCollator`): one forward over chosen and rejected stacked. Deduplicated: the forward
+    covers the distinct sequences, and `chosen_index`/`rejected_index` pick each pair's. Prefix-shared
+    (`PrefixSharingCollator`, the batch has `reward_index`): see `reward_trainer.packing`.
+    """
+    if "reward_index" in inputs:
+        rewards = prefix_shared_rewards(model, inputs)  # (U,)
+    else:
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        rewards = logits.squeeze(-1).float()  # (2B,) or (U,)
+        if "chosen_index" not in inputs:
+            return rewards.chunk(2)
+    return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]

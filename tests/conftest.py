@@ -22,3 +22,18 @@ def tiny_tokenizer():
     from reward_trainer.quickstart import build_tokenizer
 
     return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A tiny GPT-2 reward model trained for a few steps by `reward_trainer.train` and saved to a tmp dir."""
+    from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
+    from reward_trainer.train import train
+
+    output_dir = tmp_path_factory.mktemp("checkpoint")
+    args = RewardConfig(
+        output_dir=str(output_dir), max_steps=15, per_device_train_batch_size=16, learning_rate=1e-3,
+        use_cpu=True, disable_tqdm=True, seed=0,
+    )
+    train(ModelArguments(), DataArguments(num_synthetic_pairs=300, max_length=64), args)
+    return output_dir

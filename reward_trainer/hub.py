@@ -1,0 +1,96 @@
+"""The model card pushed to the Hub with `--push_to_hub --hub_model_id user/name`.
+
+The upload itself is the stock `Trainer.push_to_hub` (weights as safetensors, config, tokenizer, README.md);
+`RewardTrainer.create_model_card` writes this card instead of the generic one.
+"""
+
+import os
+import shlex
+import sys
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TAGS = ["reward-model", "reward-trainer", "bradley-terry", "rlhf"]
+
+CARD_BODY = """
+# {model_name}
+
+A reward model: it reads a prompt followed by a response and returns one scalar, higher for the response
+people prefer. Trained with the Bradley-Terry loss by `reward_trainer`, starting from `{base_model}`,
+on the preference pairs of `{dataset}`.
+
+**Pairwise eval accuracy: {accuracy}** (share of held-out pairs where the chosen response outscores the
+rejected one; ties count 0.5).
+
+## Usage
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0].item()
+```
+
+## Training command
+
+```bash
+{command}
+```
+"""
+
+
+def training_command(argv: list[str] | None = None) -> str:
+    """The command that reproduces this run, as `reward-trainer train ...` (the same flags work with
+    `accelerate launch ... scripts/train_reward.py ...`)."""
+    args = list(sys.argv if argv is None else argv)[1:]
+    if args[:1] == ["train"]:
+        args = args[1:]
+    return shlex.join(["reward-trainer", "train", *args])
+
+
+def is_hub_id(name: str | None) -> bool:
+    """A Hub repository id (`name` or `org/name`), not a built-in name or a local path."""
+    return bool(name) and not name.startswith("builtin:") and not os.path.exists(name) and name.count("/") <= 1
+
+
+def model_card(
+    repo_id: str,
+    base_model: str,
+    dataset: str,
+    eval_accuracy: float | None,
+    command: str,
+) -> ModelCard:
+    """A card with YAML metadata (base model and datasets where they are Hub ids, tags, eval accuracy)."""
+    model_name = repo_id.split("/")[-1]
+    eval_results = None
+    if eval_accuracy is not None:
+        eval_results = [
+            EvalResult(
+                task_type="text-classification",
+                task_name="Reward modeling",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                metric_type="accuracy",
+                metric_name="Pairwise accuracy",
+                metric_value=round(eval_accuracy, 4),
+            )
+        ]
+    data = ModelCardData(
+        base_model=base_model if is_hub_id(base_model) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=TAGS,
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+    body = CARD_BODY.format(
+        model_name=model_name,
+        base_model=base_model,
+        dataset=dataset,
+        accuracy="not measured" if eval_accuracy is None else f"{eval_accuracy:.4f}",
+        repo_id=repo_id,
+        command=command,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

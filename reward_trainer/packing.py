@@ -1,0 +1,192 @@
+"""Prefix sharing: encode the prompt of a pair once, and each response once per batch.
+
+A causal model's reward for `prompt + response` depends only on the tokens up to the response's last
+token, so the two sequences of a pair can share one encoding of their prompt. One row holds
+
+    [prompt | chosen response | rejected response]
+
+with position ids that restart at the prompt's end for every response, and a 4D attention mask in
+which a response token sees the prompt and the earlier tokens of its own response, never another
+response. Each reward is read from the backbone's hidden state at the last token of its response and
+passed through the `score` head: the same numbers as the plain forward over the two padded sequences.
+
+Sequences that occur more than once in a batch (rankings of K responses expanded into pairs) are
+encoded once: all unique sequences linked by a pair, or by an equal `group` id, form one tree with one
+shared prompt (their longest common prefix). Trees are then packed first-fit into rows no longer than
+the longest tree, which removes most padding without making any row longer.
+
+Only exact for causal attention: a bidirectional encoder (BERT) would let the prompt see the
+responses; `supports_prefix_sharing` says no for those, and the plain path is used.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def unique_sequences(rows: list[dict]) -> tuple[list[list[int]], list[int], list[int]]:
+    """The distinct sequences of a batch, and for each pair the index of its chosen and rejected one."""
+    index: dict[tuple[int, ...], int] = {}
+    chosen, rejected = [], []
+    for row in rows:
+        for key, out in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+            out.append(index.setdefault(tuple(row[key]), len(index)))
+    return [list(seq) for seq in index], chosen, rejected
+
+
+def sequence_trees(rows: list[dict], chosen: list[int], rejected: list[int], n: int) -> list[list[int]]:
+    """Groups sequence indices into trees: sequences joined by a pair or by an equal `group` of their rows."""
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of_group: dict[int, int] = {}
+    for row, c, r in zip(rows, chosen, rejected, strict=True):
+        parent[find(c)] = find(r)
+        if row.get("group") is not None:
+            g = first_of_group.setdefault(int(row["group"]), c)
+            parent[find(c)] = find(g)
+    trees: dict[int, list[int]] = {}
+    for i in range(n):
+        trees.setdefault(find(i), []).append(i)
+    return list(trees.values())
+
+
+@dataclass
+class Tree:
+    """One shared prompt and the responses that follow it; `members` index the batch's unique sequences."""
+
+    members: list[int]
+    prompt: list[int]
+    responses: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + sum(len(r) for r in self.responses)
+
+
+def build_tree(members: list[int], sequences: list[list[int]]) -> Tree:
+    seqs = [sequences[i] for i in members]
+    p = min(len(s) for s in seqs) - 1  # every response keeps at least its last token, where its reward is read
+    for s in seqs[1:]:
+        p = min(p, shared_prefix_length(seqs[0], s))
+    p = max(p, 0)
+    return Tree(members, seqs[0][:p], [s[p:] for s in seqs])
+
+
+def pack_trees(trees: list[Tree], capacity: int) -> list[list[Tree]]:
+    """First-fit decreasing: rows of trees whose total length is at most `capacity`."""
+    rows: list[list[Tree]] = []
+    free: list[int] = []
+    for tree in sorted(trees, key=len, reverse=True):
+        for i, room in enumerate(free):
+            if len(tree) <= room:
+                rows[i].append(tree)
+                free[i] -= len(tree)
+                break
+        else:
+            rows.append([tree])
+            free.append(capacity - len(tree))
+    return rows
+
+
+def prefix_shared_batch(
+    rows: list[dict], pad_token_id: int, pack: bool = True, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Lays out a batch of pairs as prefix-shared rows.
+
+    Returns `input_ids` and `position_ids` (R, T), `attention_mask` (R, 1, T, T) bool (True: may attend),
+    `reward_index` (U,) flat index into R*T of the last token of each unique sequence, and
+    `chosen_index`/`rejected_index` (B,) into those U rewards.
+    """
+    sequences, chosen, rejected = unique_sequences(rows)
+    trees = [build_tree(members, sequences) for members in sequence_trees(rows, chosen, rejected, len(sequences))]
+    length = max(len(t) for t in trees)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    layout = pack_trees(trees, length) if pack else [[t] for t in trees]
+
+    n_rows = len(layout)
+    input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)  # (R, T)
+    position_ids = torch.zeros((n_rows, length), dtype=torch.long)
+    segment = torch.full((n_rows, length), -1, dtype=torch.long)  # which tree of the row; -1: padding
+    branch = torch.zeros((n_rows, length), dtype=torch.long)  # 0: prompt, k: k-th response of the tree
+    reward_index = torch.zeros(len(sequences), dtype=torch.long)
+    for r, row_trees in enumerate(layout):
+        t = 0
+        for s, tree in enumerate(row_trees):
+            p = len(tree.prompt)
+            input_ids[r, t : t + p] = torch.as_tensor(tree.prompt, dtype=torch.long)
+            position_ids[r, t : t + p] = torch.arange(p)
+            segment[r, t : t + p] = s
+            t += p
+            for k, (member, response) in enumerate(zip(tree.members, tree.responses, strict=True), start=1):
+                n = len(response)
+                input_ids[r, t : t + n] = torch.as_tensor(response, dtype=torch.long)
+                position_ids[r, t : t + n] = torch.arange(p, p + n)
+                segment[r, t : t + n] = s
+                branch[r, t : t + n] = k
+                reward_index[member] = r * length + t + n - 1
+                t += n
+
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (T, T)
+    same_tree = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)  # (R, T, T)
+    same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+    mask = same_tree & same_branch & causal
+    mask |= torch.eye(length, dtype=torch.bool)  # padding attends to itself, so no softmax row is empty
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask[:, None],  # (R, 1, T, T)
+        "position_ids": position_ids,
+        "reward_index": reward_index,
+        "chosen_index": torch.tensor(chosen, dtype=torch.long),
+        "rejected_index": torch.tensor(rejected, dtype=torch.long),
+    }
+
+
+def supports_prefix_sharing(model) -> bool:
+    """True for causal backbones with a `score` head whose attention accepts a custom 4D mask."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if backbone is None or not hasattr(model, "score"):
+        return False
+    if model.config._attn_implementation not in ("eager", "sdpa"):  # flash kernels take no 4D mask
+        return False
+    return any(getattr(m, "is_causal", False) is True for m in backbone.modules())
+
+
+def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Rewards (U,) of the unique sequences of a batch laid out by `prefix_shared_batch`.
+
+    Runs the model's own forward (so DDP, FSDP, DeepSpeed and autocast wrappers all apply) and reads the
+    per-token output of its `score` head, captured by a hook, at each response's last token.
+    """
+    inner = model
+    while hasattr(inner, "module"):  # DDP / DeepSpeed wrappers
+        inner = inner.module
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    mask = inputs["attention_mask"]
+    if inner.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+        dtype = next(inner.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    captured = []
+    handle = inner.score.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False)
+    finally:
+        handle.remove()
+    per_token = captured[0].squeeze(-1)  # (R, T)
+    return per_token.reshape(-1)[inputs["reward_index"]].float()  # (U,)

@@ -1,0 +1,155 @@
+"""`RewardScorer`: score texts with a trained reward model, fast and batch-invariant.
+
+    from reward_trainer import RewardScorer
+    scorer = RewardScorer.from_pretrained("outputs/quickstart")
+    scorer.score(["key | code of cat?\\nanswer:"], [" red"])       # prompt + response, as in training
+    scorer.score_texts(["a whole text"], normalize=True)          # (r - reward_mean) / reward_std
+    scorer.score_conversations([[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]])
+
+Texts are tokenized exactly as training tokenizes them (`tokenizer(prompt + response)`, special tokens
+included), sorted by length, cut into batches under a token budget, run in `torch.inference_mode`, and
+returned in the caller's order. A text's reward does not depend on the batch it lands in: padding is
+masked, the reward is read at the last real token, and with left padding the position ids are computed
+from the attention mask (GPT-2 in transformers 5 does not derive them; it would shift every padded row).
+"""
+
+import inspect
+import math
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import DEFAULT_CHAT_TEMPLATE  # the same rendering as training data without a chat template
+
+
+def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
+    """Mean and std of all eval rewards (chosen and rejected pooled, N of each) from the per-side metrics.
+
+    pooled mean = (m_c + m_r) / 2;  pooled var = (s_c^2 + s_r^2) / 2 + ((m_c - m_r) / 2)^2.
+    """
+    m_c, m_r = metrics[f"{prefix}chosen_reward_mean"], metrics[f"{prefix}rejected_reward_mean"]
+    s_c, s_r = metrics[f"{prefix}chosen_reward_std"], metrics[f"{prefix}rejected_reward_std"]
+    mean = (m_c + m_r) / 2
+    std = math.sqrt((s_c**2 + s_r**2) / 2 + ((m_c - m_r) / 2) ** 2)
+    return mean, std
+
+
+def store_reward_normalization(config, metrics: dict[str, float]) -> None:
+    """Writes `reward_mean` / `reward_std` of the eval rewards into a model config (saved in config.json)."""
+    config.reward_mean, config.reward_std = reward_stats_from_metrics(metrics)
+
+
+class RewardScorer:
+    """Scores texts with a scalar-head model. Build it with `from_pretrained` or from a loaded model and tokenizer.
+
+    Args:
+        max_batch_tokens: a batch holds at most this many tokens, padding included (rows x longest row).
+        max_length: longer texts are cut from the left (the tokenizer's `truncation_side` is set to `left`),
+            keeping the response and the special tokens; None: the model's maximum positions, if it has one.
+        padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders
+            (BERT) read the reward at the first token and need `right`.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_tokens: int = 16384,
+        max_length: int | None = None,
+        padding_side: str = "right",
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; train with reward_trainer, which adds one")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        # Over-long texts lose their beginning, never the response; special tokens ([CLS], EOS) are kept.
+        tokenizer.truncation_side = "left"
+        self.max_batch_tokens = max_batch_tokens
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+        self.padding_side = padding_side
+        self.pad_token_id = tokenizer.pad_token_id
+        parameters = inspect.signature(model.forward).parameters
+        self.takes_position_ids = "position_ids" in parameters
+        self.takes_use_cache = "use_cache" in parameters  # no key/value cache: nothing is generated
+        self.reward_mean = getattr(model.config, "reward_mean", None)
+        self.reward_std = getattr(model.config, "reward_std", None)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, **kwargs
+    ) -> "RewardScorer":
+        """Loads a checkpoint saved by `reward-trainer train` (or any scalar-head sequence classifier)."""
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device)
+        if model.config.num_labels != 1:
+            raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reward model has one")
+        if tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer, **kwargs)
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        """A TRL reward function (`GRPOTrainer(reward_funcs=scorer)`): conversations or prompt + completion text."""
+        if prompts and isinstance(prompts[0], list):
+            return self.score_conversations([p + c for p, c in zip(prompts, completions, strict=True)])
+        return self.score(prompts, completions)
+
+    def score(self, prompts: list[str], responses: list[str], normalize: bool = False) -> list[float]:
+        """Reward of each `prompt + response`, tokenized as one text exactly as in training."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize)
+
+    def score_conversations(self, messages_lists: list[list[dict]], normalize: bool = False) -> list[float]:
+        """Reward of each conversation, rendered with the tokenizer's chat template or, without one, the default
+        template that training uses for conversational data (`reward_trainer.data.DEFAULT_CHAT_TEMPLATE`)."""
+        template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+        texts = [self.tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in messages_lists]
+        return self.score_texts(texts, normalize=normalize)
+
+    def score_texts(self, texts: list[str], normalize: bool = False) -> list[float]:
+        """Reward of each text, in the order given."""
+        if isinstance(texts, str):
+            raise TypeError("score_texts takes a list of texts, not one string")
+        if normalize and (self.reward_mean is None or not self.reward_std):
+            raise ValueError("this model's config.json has no reward_mean/reward_std; score with normalize=False")
+        ids = self.tokenizer(list(texts), truncation=bool(self.max_length), max_length=self.max_length)["input_ids"]
+        rewards = [0.0] * len(ids)
+        for batch in self.batches(ids):
+            for i, reward in zip(batch, self.forward([ids[i] for i in batch])):
+                rewards[i] = reward
+        if normalize:
+            rewards = [(r - self.reward_mean) / self.reward_std for r in rewards]
+        return rewards
+
+    def batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """Indices of `ids`, longest first, grouped so that rows x longest row <= max_batch_tokens."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        batches, current = [], []
+        for i in order:
+            if current and (len(current) + 1) * len(ids[current[0]]) > self.max_batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(i)
+        return batches + [current] if current else batches
+
+    @torch.inference_mode()
+    def forward(self, rows: list[list[int]]) -> list[float]:
+        """Rewards of one padded batch of token id lists."""
+        length = max(len(row) for row in rows)
+        device = self.model.device
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(0, len(row)) if self.padding_side == "right" else slice(length - len(row), length)
+            input_ids[i, span] = torch.as_tensor(row, dtype=torch.long)
+            attention_mask[i, span] = 1
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        if self.takes_position_ids:
+            inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
+        if self.takes_use_cache:
+            inputs["use_cache"] = False
+        logits = self.model(**inputs).logits  # (B, 1)
+        return logits[:, 0].float().tolist()

