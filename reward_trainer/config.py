@@ -261,6 +261,8 @@ class EvaluateArguments:
     max_length: int | None = field(
         default=512, metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."}
     )
-    batch_size: int = field(default=16, metadata={"help": "Texts scored per forward pass."})
+    max_batch_tokens: int = field(
+        default=16384, metadata={"help": "Tokens per forward pass, padding included (rows x longest row)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})

@@ -379,34 +379,14 @@ def load_rows(name: str, split: str = "test"):
         ) from err
 
 
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int | None = 512, progress=True):
-    """Rewards of `texts` (prompt + response each), in batches of similar length, with a progress bar.
-
-    Right padding: the model reads the reward at the last non-pad token. Over-long texts lose the start of
-    the prompt (left truncation), as in training's default `keep_end`.
-    """
-    import torch
+def score_texts(scorer, texts: list[str], progress: bool = True) -> np.ndarray:
+    """Rewards of `texts` (prompt + response each) with a `RewardScorer`, and a progress bar over its batches."""
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-    device = next(model.parameters()).device
-    order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: the bar only speeds up
-    rewards = np.empty(len(texts))
-    model.eval()
-    for start in tqdm(range(0, len(texts), batch_size), desc="Scoring", unit="batch", disable=not progress):
-        index = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in index],
-            padding=True,
-            truncation=bool(max_length),
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-        rewards[index] = logits[:, 0].float().cpu().numpy()
+    ids = scorer.tokenizer(texts, truncation=bool(scorer.max_length), max_length=scorer.max_length)["input_ids"]
+    rewards = np.empty(len(ids))
+    for batch in tqdm(scorer.batches(ids), desc="Scoring", unit="batch", disable=not progress):
+        rewards[batch] = scorer.forward([ids[i] for i in batch])
     return rewards
 
 
@@ -417,10 +397,12 @@ def evaluate_model(args) -> dict:
     from .config import ModelArguments
     from .data import DataError
     from .modeling import load_reward_model
+    from .scorer import RewardScorer
 
     _pyplot()  # fail before scoring, not after, when matplotlib is missing
     model, tokenizer = load_reward_model(ModelArguments(model_name_or_path=args.model_name_or_path))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = RewardScorer(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
     names = args.dataset_name
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
     rankings = []
@@ -444,7 +426,7 @@ def evaluate_model(args) -> dict:
         p + r for p, r in zip(pairs["prompt"], pairs["rejected"])
     ]
     texts += [r["prompt"] + response for r in rankings for response in r["responses"]]
-    rewards = score_texts(model, tokenizer, texts, args.batch_size, args.max_length, progress=not args.disable_tqdm)
+    rewards = score_texts(scorer, texts, progress=not args.disable_tqdm)
     chosen, rejected = rewards[:n], rewards[n : 2 * n]
     human_tie = np.asarray(pairs["tie"])
 

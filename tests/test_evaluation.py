@@ -193,7 +193,15 @@ def test_evaluate_command_writes_the_report(tmp_path, tiny_model_dir):
         for p in make_pairs(5, seed=6)
     ]
     out = tmp_path / "report"
-    argv = ["evaluate", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--batch_size", "5"]
+    argv = [
+        "evaluate",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--max_batch_tokens",
+        "200",
+    ]
     data = [write_jsonl(tmp_path / "pairs.jsonl", pairs), write_jsonl(tmp_path / "ranked.jsonl", ranked)]
     assert main(argv + ["--dataset_name", *data]) == 0
 
