@@ -44,6 +44,7 @@ class RewardScorer:
 
     Args:
         max_batch_tokens: a batch holds at most this many tokens, padding included (rows x longest row).
+            None: 2,048 on CPU (measured fastest there: bigger batches leave the caches), 32,768 on a GPU.
         max_length: longer texts are cut from the left (the tokenizer's `truncation_side` is set to `left`),
             keeping the response and the special tokens; None: the model's maximum positions, if it has one.
         padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders
@@ -54,7 +55,7 @@ class RewardScorer:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int | None = None,
         max_length: int | None = None,
         padding_side: str = "right",
     ):
@@ -66,7 +67,7 @@ class RewardScorer:
         self.tokenizer = tokenizer
         # Over-long texts lose their beginning, never the response; special tokens ([CLS], EOS) are kept.
         tokenizer.truncation_side = "left"
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or (2048 if model.device.type == "cpu" else 32768)
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.padding_side = padding_side
         self.pad_token_id = tokenizer.pad_token_id

@@ -32,7 +32,10 @@ class ServeArguments:
     normalize: bool = field(
         default=False, metadata={"help": "Return (r - reward_mean) / reward_std, using the stats in config.json."}
     )
-    max_batch_tokens: int = field(default=16384, metadata={"help": "Token budget of one forward pass, padding included."})
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of one forward pass, padding included; default 2,048 on CPU, 32,768 on a GPU."},
+    )
     max_wait_ms: float = field(
         default=5.0, metadata={"help": "How long the first request of a batch waits for others to join it."}
     )

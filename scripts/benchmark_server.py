@@ -126,7 +126,6 @@ def main():
         "seconds": elapsed,
         "max_wait_ms": args.max_wait_ms,
         "model": args.model or "builtin tiny GPT-2 (2 layers, hidden 128), random weights",
-        "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))
     for error in errors[:5]:
