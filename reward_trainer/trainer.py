@@ -7,9 +7,8 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import collator_for
+from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS, collator_for
 from .loss import bradley_terry_loss
-from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS
 from .packing import prefix_shared_rewards, shared_prefix_length
 
 
