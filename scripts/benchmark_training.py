@@ -15,7 +15,8 @@ the unique tokens of a pair are its shared prompt once plus both responses: the 
 must do, whatever it pads or repeats.
 
 On a machine shared with other jobs, wall-clock pairs/s depends on the load while each system ran;
-pairs per CPU-second (the worker's own user + system time) is printed beside it as the steadier figure.
+pairs per CPU-second (the worker's own user + system time) is printed beside it as the steadier figure,
+and so is a CPU-time MFU: useful FLOPs per CPU-second / matmul FLOPs per CPU-second.
 """
 
 import argparse
@@ -155,18 +156,20 @@ def train_one(args) -> dict:
     }
 
 
-def matmul_flops(size: int = 1024, seconds: float = 3.0) -> float:
-    """fp32 matmul FLOP/s of this machine with torch's current threads (best of several timed rounds)."""
+def matmul_flops(size: int = 1024, seconds: float = 3.0) -> tuple[float, float]:
+    """fp32 matmul FLOP per second and per CPU-second of this process, with torch's current threads (best rounds)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(3):
         a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
+    best, best_cpu, deadline = 0.0, 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(5):
             a @ b
-        best = max(best, 5 * 2 * size**3 / (time.perf_counter() - start))
-    return best
+        flops = 5 * 2 * size**3
+        best = max(best, flops / (time.perf_counter() - start))
+        best_cpu = max(best_cpu, flops / max(time.process_time() - cpu_start, 1e-9))
+    return best, best_cpu
 
 
 def main(argv=None) -> None:
@@ -188,8 +191,12 @@ def main(argv=None) -> None:
     if not Path(args.dataset).exists():
         raise SystemExit(f"dataset {args.dataset} not found; pass --dataset or set REWARD_TRAINER_SHARED_DATA")
 
-    peak = matmul_flops()
-    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+    peak, peak_cpu = matmul_flops()
+    print(
+        f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s, {peak_cpu / 1e9:.1f} GFLOP per CPU-second, "
+        f"on {torch.get_num_threads()} threads",
+        flush=True,
+    )
     results = []
     for backbone in args.backbones:
         for system in SYSTEMS:
@@ -206,7 +213,9 @@ def main(argv=None) -> None:
             if done.returncode or not lines:
                 raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
             result = json.loads(lines[-1][len("RESULT ") :])
-            result["useful_mfu"] = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] / peak
+            useful_flops = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
+            result["useful_mfu"] = useful_flops / result["train_seconds"] / peak
+            result["useful_mfu_cpu_time"] = useful_flops / result["cpu_seconds"] / peak_cpu
             results.append(result)
             print(json.dumps(result), flush=True)
 
@@ -217,14 +226,15 @@ def main(argv=None) -> None:
     }
     header = (
         f"{'backbone':8} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
-        f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6}"
+        f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
     )
     print("\n" + header)
     for r in results:
         print(
             f"{r['backbone']:8} {r['system']:14} {r['pairs_per_s']:8.2f} {r['pairs_per_cpu_s']:10.2f} "
             f"{r['real_tokens_per_s']:8.0f} "
-            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%}"
+            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
+            f"{r['useful_mfu_cpu_time']:7.1%}"
         )
     print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
     print("speedup vs TRL (pairs per CPU-second): " + ", ".join(f"{b} {s:.2f}x" for b, s in cpu_speedup.items()))
@@ -234,6 +244,7 @@ def main(argv=None) -> None:
             "speedup_vs_trl": speedup,
             "speedup_vs_trl_cpu_time": cpu_speedup,
             "matmul_flops": peak,
+            "matmul_flops_per_cpu_second": peak_cpu,
             "argv": sys.argv[1:],
         }
         with open(args.output, "w") as f:
