@@ -7,8 +7,9 @@
 Both systems train one epoch over the same tokenized pairs (MiniLM tokenizer, pairs longer than
 `--max-length` dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, fp32 on
 CPU, no gradient checkpointing and no dropout (TRL turns both on by default; here they are off for both).
-Each system runs in its own subprocess, so peak RSS is its own. Eval accuracy is computed by the same
-plain forward for both, on the next `--eval-pairs` pairs of the file.
+Each system runs in its own subprocess, so peak RSS is its own; with `--repeats N` the systems alternate N
+times and the fastest run of each is reported (the one least slowed by other jobs on a shared machine).
+Eval accuracy is computed by the same plain forward for both, on the next `--eval-pairs` pairs of the file.
 
 useful MFU = 6 x non-embedding params x unique tokens/s / fp32 matmul FLOP/s measured in this run, where
 the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
@@ -172,6 +173,16 @@ def matmul_flops(size: int = 1024, seconds: float = 3.0) -> tuple[float, float]:
     return best, best_cpu
 
 
+def run_worker(argv, backbone: str, system: str) -> dict:
+    """Trains one system on one backbone in a fresh subprocess and returns its measurements."""
+    command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", backbone, system]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="JSONL(.gz) with `chosen`/`rejected` texts.")
@@ -180,6 +191,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--backbones", nargs="+", default=["causal", "encoder"], choices=["causal", "encoder"])
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Runs per system, alternating systems; the fastest of each is kept."
+    )
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
@@ -199,20 +213,13 @@ def main(argv=None) -> None:
     )
     results = []
     for backbone in args.backbones:
+        runs = {system: [] for system in SYSTEMS}
+        for _ in range(args.repeats):  # alternate the systems, so both see the same spells of load
+            for system in SYSTEMS:
+                runs[system].append(run_worker(argv, backbone, system))
         for system in SYSTEMS:
-            command = [
-                sys.executable,
-                __file__,
-                *(argv if argv is not None else sys.argv[1:]),
-                "--worker",
-                backbone,
-                system,
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(lines[-1][len("RESULT ") :])
+            result = min(runs[system], key=lambda r: r["train_seconds"])  # the run least slowed by other jobs
+            result["train_seconds_all_repeats"] = [r["train_seconds"] for r in runs[system]]
             useful_flops = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
             result["useful_mfu"] = useful_flops / result["train_seconds"] / peak
             result["useful_mfu_cpu_time"] = useful_flops / result["cpu_seconds"] / peak_cpu
