@@ -66,6 +66,15 @@ def sequence_trees(rows: list[dict], chosen: list[int], rejected: list[int], n: 
     return list(trees.values())
 
 
+def shared_row_length(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens of the prefix-shared row `[prompt | chosen | rejected]` of one pair: the work it costs.
+
+    The prompt keeps out the last token of the shorter side, where its reward is read (as in `build_tree`).
+    """
+    prompt = min(shared_prefix_length(chosen, rejected), min(len(chosen), len(rejected)) - 1)
+    return len(chosen) + len(rejected) - max(prompt, 0)
+
+
 @dataclass
 class Tree:
     """One shared prompt and the responses that follow it; `members` index the batch's unique sequences."""

@@ -7,14 +7,19 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS, collator_for
+from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS, PrefixSharingCollator, collator_for
 from .loss import bradley_terry_loss
-from .packing import prefix_shared_rewards, shared_prefix_length
+from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
 def pair_length(row: dict) -> dict[str, int]:
-    """The length a pair is batched by: its longer side."""
+    """The length a pair is batched by with plain padding: its longer side."""
     return {"length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))}
+
+
+def shared_pair_length(row: dict) -> dict[str, int]:
+    """The length a pair is batched by with prefix sharing: its row `[prompt | chosen | rejected]`."""
+    return {"length": shared_row_length(row["chosen_ids"], row["rejected_ids"])}
 
 
 class PairLengthSampler(Sampler[int]):
@@ -57,7 +62,8 @@ class RewardTrainer(Trainer):
 
     With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
     sharing for causal models). Under `train_sampling_strategy="group_by_length"` it adds a `length`
-    column (the longer side of each pair) and batches pairs by it with `PairLengthSampler`.
+    column and batches pairs by it with `PairLengthSampler`: the longer side of each pair, or with
+    prefix sharing the length of its shared row (prompt once, both responses).
     """
 
     # compute_loss normalizes by the pairs of the whole accumulated batch (see `_get_num_items_in_batch`).
@@ -72,7 +78,9 @@ class RewardTrainer(Trainer):
             and isinstance(train_dataset, datasets.Dataset)
             and args.length_column_name not in train_dataset.column_names
         ):
-            train_dataset = train_dataset.map(pair_length, desc="Measuring pair lengths")
+            # Batch by the length the collator will lay out: rows of similar length carry little padding.
+            measure = shared_pair_length if isinstance(data_collator, PrefixSharingCollator) else pair_length
+            train_dataset = train_dataset.map(measure, desc="Measuring pair lengths")
             if args.length_column_name != "length":
                 train_dataset = train_dataset.rename_column("length", args.length_column_name)
         eval_dataset = kwargs.pop("eval_dataset", None)

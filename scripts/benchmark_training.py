@@ -7,12 +7,17 @@
 Both systems train one epoch over the same tokenized pairs (MiniLM tokenizer, pairs longer than
 `--max-length` dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, fp32 on
 CPU, no gradient checkpointing and no dropout (TRL turns both on by default; here they are off for both).
-Each system runs in its own subprocess, so peak RSS is its own. Eval accuracy is computed by the same
-plain forward for both, on the next `--eval-pairs` pairs of the file.
+Each system runs in its own subprocess, so peak RSS is its own; with `--repeats N` the systems alternate N
+times and the fastest run of each is reported (the one least slowed by other jobs on a shared machine).
+Eval accuracy is computed by the same plain forward for both, on the next `--eval-pairs` pairs of the file.
 
 useful MFU = 6 x non-embedding params x unique tokens/s / fp32 matmul FLOP/s measured in this run, where
 the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
 must do, whatever it pads or repeats.
+
+On a machine shared with other jobs, wall-clock pairs/s depends on the load while each system ran;
+pairs per CPU-second (the worker's own user + system time) is printed beside it as the steadier figure,
+and so is a CPU-time MFU: useful FLOPs per CPU-second / matmul FLOPs per CPU-second.
 """
 
 import argparse
@@ -81,11 +86,9 @@ def non_embedding_params(model) -> int:
 
 
 def unique_tokens(pair: dict) -> int:
-    from reward_trainer.packing import shared_prefix_length
+    from reward_trainer.packing import shared_row_length
 
-    c, r = pair["chosen_ids"], pair["rejected_ids"]
-    prompt = min(shared_prefix_length(c, r), min(len(c), len(r)) - 1)
-    return len(c) + len(r) - prompt
+    return shared_row_length(pair["chosen_ids"], pair["rejected_ids"])
 
 
 @torch.no_grad()
@@ -129,9 +132,9 @@ def train_one(args) -> dict:
             model=model, args=RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
         )
     collator = type(trainer.data_collator).__name__
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     real = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in train_pairs)
     unique = sum(unique_tokens(p) for p in train_pairs)
@@ -142,6 +145,8 @@ def train_one(args) -> dict:
         "pairs": len(train_pairs),
         "train_seconds": seconds,
         "pairs_per_s": len(train_pairs) / seconds,
+        "cpu_seconds": cpu_seconds,
+        "pairs_per_cpu_s": len(train_pairs) / cpu_seconds,
         "real_tokens_per_s": real / seconds,
         "unique_tokens_per_s": unique / seconds,
         "non_embedding_params": non_embedding_params(model),
@@ -152,18 +157,30 @@ def train_one(args) -> dict:
     }
 
 
-def matmul_flops(size: int = 1024, seconds: float = 3.0) -> float:
-    """fp32 matmul FLOP/s of this machine with torch's current threads (best of several timed rounds)."""
+def matmul_flops(size: int = 1024, seconds: float = 3.0) -> tuple[float, float]:
+    """fp32 matmul FLOP per second and per CPU-second of this process, with torch's current threads (best rounds)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(3):
         a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
+    best, best_cpu, deadline = 0.0, 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(5):
             a @ b
-        best = max(best, 5 * 2 * size**3 / (time.perf_counter() - start))
-    return best
+        flops = 5 * 2 * size**3
+        best = max(best, flops / (time.perf_counter() - start))
+        best_cpu = max(best_cpu, flops / max(time.process_time() - cpu_start, 1e-9))
+    return best, best_cpu
+
+
+def run_worker(argv, backbone: str, system: str) -> dict:
+    """Trains one system on one backbone in a fresh subprocess and returns its measurements."""
+    command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", backbone, system]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None) -> None:
@@ -174,6 +191,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--backbones", nargs="+", default=["causal", "encoder"], choices=["causal", "encoder"])
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="Runs per system, alternating systems; the fastest of each is kept."
+    )
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
@@ -185,42 +205,55 @@ def main(argv=None) -> None:
     if not Path(args.dataset).exists():
         raise SystemExit(f"dataset {args.dataset} not found; pass --dataset or set REWARD_TRAINER_SHARED_DATA")
 
-    peak = matmul_flops()
-    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+    peak, peak_cpu = matmul_flops()
+    print(
+        f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s, {peak_cpu / 1e9:.1f} GFLOP per CPU-second, "
+        f"on {torch.get_num_threads()} threads",
+        flush=True,
+    )
     results = []
     for backbone in args.backbones:
+        runs = {system: [] for system in SYSTEMS}
+        for _ in range(args.repeats):  # alternate the systems, so both see the same spells of load
+            for system in SYSTEMS:
+                runs[system].append(run_worker(argv, backbone, system))
         for system in SYSTEMS:
-            command = [
-                sys.executable,
-                __file__,
-                *(argv if argv is not None else sys.argv[1:]),
-                "--worker",
-                backbone,
-                system,
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                raise SystemExit(f"{backbone}/{system} failed:\n{done.stderr[-3000:]}")
-            result = json.loads(lines[-1][len("RESULT ") :])
-            result["useful_mfu"] = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] / peak
+            result = min(runs[system], key=lambda r: r["train_seconds"])  # the run least slowed by other jobs
+            result["train_seconds_all_repeats"] = [r["train_seconds"] for r in runs[system]]
+            useful_flops = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
+            result["useful_mfu"] = useful_flops / result["train_seconds"] / peak
+            result["useful_mfu_cpu_time"] = useful_flops / result["cpu_seconds"] / peak_cpu
             results.append(result)
             print(json.dumps(result), flush=True)
 
     by = {(r["backbone"], r["system"]): r for r in results}
     speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
+    cpu_speedup = {
+        b: by[b, "reward_trainer"]["pairs_per_cpu_s"] / by[b, "trl"]["pairs_per_cpu_s"] for b in args.backbones
+    }
     header = (
-        f"{'backbone':8} {'system':14} {'pairs/s':>8} {'tok/s':>8} {'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6}"
+        f"{'backbone':8} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
+        f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
     )
     print("\n" + header)
     for r in results:
         print(
-            f"{r['backbone']:8} {r['system']:14} {r['pairs_per_s']:8.2f} {r['real_tokens_per_s']:8.0f} "
-            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%}"
+            f"{r['backbone']:8} {r['system']:14} {r['pairs_per_s']:8.2f} {r['pairs_per_cpu_s']:10.2f} "
+            f"{r['real_tokens_per_s']:8.0f} "
+            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
+            f"{r['useful_mfu_cpu_time']:7.1%}"
         )
     print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
+    print("speedup vs TRL (pairs per CPU-second): " + ", ".join(f"{b} {s:.2f}x" for b, s in cpu_speedup.items()))
     if args.output:
-        report = {"results": results, "speedup_vs_trl": speedup, "matmul_flops": peak, "argv": sys.argv[1:]}
+        report = {
+            "results": results,
+            "speedup_vs_trl": speedup,
+            "speedup_vs_trl_cpu_time": cpu_speedup,
+            "matmul_flops": peak,
+            "matmul_flops_per_cpu_second": peak_cpu,
+            "argv": sys.argv[1:],
+        }
         with open(args.output, "w") as f:
             json.dump(report, f, indent=2)
 

@@ -15,7 +15,14 @@ from transformers import (
 from reward_trainer import PreferenceCollator, RewardConfig, RewardTrainer
 from reward_trainer.collator import PrefixSharingCollator, collator_for
 from reward_trainer.loss import bradley_terry_loss
-from reward_trainer.packing import Tree, pack_trees, prefix_shared_batch, shared_prefix_length, supports_prefix_sharing
+from reward_trainer.packing import (
+    Tree,
+    pack_trees,
+    prefix_shared_batch,
+    shared_prefix_length,
+    shared_row_length,
+    supports_prefix_sharing,
+)
 from reward_trainer.trainer import PairLengthSampler, pair_rewards
 
 PAD = 0
@@ -158,6 +165,26 @@ def test_length_grouped_batches_carry_less_padding(tmp_path):
         return pads
 
     assert padding("group_by_length") < padding("random") / 8
+
+
+def test_shared_row_length_counts_the_prompt_once():
+    assert shared_row_length([1, 2, 3, 4], [1, 2, 5]) == 5  # [1 2 | 3 4 | 5]
+    assert shared_row_length([1, 2], [1, 2, 3]) == 4  # [1 | 2 | 2 3]: chosen keeps its last token
+    assert shared_row_length([7], [8, 9]) == 3  # no shared prompt
+    row = prefix_shared_batch([{"chosen_ids": [1, 2, 3, 4], "rejected_ids": [1, 2, 5]}], PAD)
+    assert row["input_ids"].shape == (1, 5)
+
+
+def test_prefix_sharing_batches_pairs_by_their_shared_row_length(tmp_path):
+    # Same longer side (6), very different shared rows: 7 tokens when the prompt is long, 11 when there is none.
+    rows = [
+        {"chosen_ids": [1] * 5 + [2], "rejected_ids": [1] * 5 + [3]},
+        {"chosen_ids": [2] * 6, "rejected_ids": [3] * 5},
+    ]
+    args = RewardConfig(output_dir=str(tmp_path), eval_strategy="no")
+    trainer = RewardTrainer(model=build("gpt2", "sdpa"), args=args, train_dataset=Dataset.from_list(rows))
+    assert isinstance(trainer.data_collator, PrefixSharingCollator)
+    assert trainer.train_dataset["length"] == [7, 11]
 
 
 def test_pair_length_sampler_sorts_within_batches_and_shuffles_batches():
