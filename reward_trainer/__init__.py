@@ -6,5 +6,13 @@ from .loss import bradley_terry_loss
 from .scorer import RewardScorer
 from .trainer import RewardTrainer
 
-__all__ = ["DataArguments", "ModelArguments", "PreferenceCollator", "RewardConfig", "RewardScorer", "RewardTrainer", "bradley_terry_loss"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "PreferenceCollator",
+    "RewardConfig",
+    "RewardScorer",
+    "RewardTrainer",
+    "bradley_terry_loss",
+]
 __version__ = "0.1.0"

@@ -50,11 +50,15 @@ class ModelArguments:
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."}
+    )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names to adapt (e.g. `q_proj v_proj`, `all-linear`); default: PEFT's choice for the model type."},
+        metadata={
+            "help": "Module names to adapt (e.g. `q_proj v_proj`, `all-linear`); default: PEFT's choice for the model type."
+        },
     )
 
 
@@ -232,7 +236,9 @@ class RewardConfig(TrainingArguments):
     )
     pack_rows: bool = field(
         default=True,
-        metadata={"help": "With prefix sharing, pack several short pairs into one row, up to the batch's longest row."},
+        metadata={
+            "help": "With prefix sharing, pack several short pairs into one row, up to the batch's longest row."
+        },
     )
     dedupe_sequences: bool = field(
         default=True,
@@ -259,7 +265,8 @@ class EvaluateArguments:
     split: str = field(default="test", metadata={"help": "Split of a Hub dataset or `save_to_disk` directory."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
     max_length: int | None = field(
-        default=512, metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."}
+        default=512,
+        metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."},
     )
     max_batch_tokens: int = field(
         default=16384, metadata={"help": "Tokens per forward pass, padding included (rows x longest row)."}

@@ -100,9 +100,13 @@ def add_lora(model: PreTrainedModel, model_args: ModelArguments):
     """Wraps `model` with LoRA adapters; the score head is trained and saved whole (`modules_to_save`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    head = next((name for name in ("score", "classifier") if isinstance(getattr(model, name, None), torch.nn.Module)), None)
+    head = next(
+        (name for name in ("score", "classifier") if isinstance(getattr(model, name, None), torch.nn.Module)), None
+    )
     if head is None:
-        raise ModelLoadError(f"cannot find the score head of {type(model).__name__} (looked for `score`, `classifier`)")
+        raise ModelLoadError(
+            f"cannot find the score head of {type(model).__name__} (looked for `score`, `classifier`)"
+        )
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=model_args.lora_r,

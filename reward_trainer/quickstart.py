@@ -41,7 +41,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on text of the task; it appends EOS to every sequence."""
     corpus = [p["prompt"] + p["chosen"] for p in make_pairs(2000, seed=12345)]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False)
+    bpe.train_from_iterator(
+        corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS, PAD], show_progress=False
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
         bos_token=EOS,

@@ -34,7 +34,9 @@ class ServeArguments:
     )
     max_batch_tokens: int | None = field(
         default=None,
-        metadata={"help": "Token budget of one forward pass, padding included; default 2,048 on CPU, 32,768 on a GPU."},
+        metadata={
+            "help": "Token budget of one forward pass, padding included; default 2,048 on CPU, 32,768 on a GPU."
+        },
     )
     max_wait_ms: float = field(
         default=5.0, metadata={"help": "How long the first request of a batch waits for others to join it."}

@@ -1,7 +1,7 @@
 """The training run: parse arguments, load model and data, train, evaluate, save.
 
-    reward-trainer train --config recipes/quickstart.yaml
-    accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
+reward-trainer train --config recipes/quickstart.yaml
+accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
 """
 
 import logging
@@ -28,7 +28,9 @@ reward = model(**tok("<prompt><response>", return_tensors="pt")).logits[0, 0].it
 
 
 def setup_logging(training_args: RewardConfig) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
+    )
     level = training_args.get_process_log_level()  # the libraries: `--log_level` (default: WARNING)
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)  # ours: INFO on the main process
     datasets.utils.logging.set_verbosity(level)

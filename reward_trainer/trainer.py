@@ -87,7 +87,12 @@ class RewardTrainer(Trainer):
         if isinstance(eval_dataset, datasets.Dataset) and "chosen_length" not in eval_dataset.column_names:
             eval_dataset = eval_dataset.map(response_lengths, desc="Measuring response lengths")
         super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            **kwargs,
         )
 
     def _set_signature_columns_if_needed(self):

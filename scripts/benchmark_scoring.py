@@ -24,7 +24,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 from reward_trainer import RewardScorer
 
-SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 def load_hh_texts(path: Path, n: int) -> list[str]:
@@ -72,7 +74,9 @@ def main():
     parser.add_argument("--max_batch_tokens", type=int, help="Default: the scorer's (2,048 on CPU).")
     parser.add_argument("--pipeline_batch_sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument(
-        "--seed_loop_texts", type=int, help="Time the seed's loop on the first N texts only (default: all). Every text "
+        "--seed_loop_texts",
+        type=int,
+        help="Time the seed's loop on the first N texts only (default: all). Every text "
         "costs it the same, a forward of max_length tokens, so its time for all texts is N's time x num_texts / N.",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads.")
@@ -94,28 +98,39 @@ def main():
         ours, ours_s, ours_cpu = timed(lambda: scorer.score_texts(texts))
         print(f"ours: {ours_s:.2f}s wall, {ours_cpu:.2f}s CPU")
 
-        pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none", device=model.device)
+        pipe = pipeline(
+            "text-classification", model=model, tokenizer=tokenizer, function_to_apply="none", device=model.device
+        )
         pipe(texts[:8], batch_size=8, truncation=True, max_length=args.max_length)  # warm-up
         pipeline_runs, pipeline_cpu = {}, {}
         for batch_size in args.pipeline_batch_sizes:
-            out, seconds, cpu = timed(lambda bs=batch_size: pipe(texts, batch_size=bs, truncation=True, max_length=args.max_length))
+            out, seconds, cpu = timed(
+                lambda bs=batch_size: pipe(texts, batch_size=bs, truncation=True, max_length=args.max_length)
+            )
             pipeline_runs[batch_size], pipeline_cpu[batch_size] = seconds, cpu
             diff = max(abs(o["score"] - r) for o, r in zip(out, ours))
-            print(f"pipeline batch_size={batch_size}: {seconds:.2f}s wall, {cpu:.2f}s CPU, max |diff| vs ours {diff:.2e}")
+            print(
+                f"pipeline batch_size={batch_size}: {seconds:.2f}s wall, {cpu:.2f}s CPU, max |diff| vs ours {diff:.2e}"
+            )
         best_batch_size = min(pipeline_cpu, key=pipeline_cpu.get)  # CPU time: robust to other jobs on the machine
 
         seed_texts = texts[: args.seed_loop_texts or len(texts)]
         seed, seed_subset_s, seed_subset_cpu = timed(lambda: seed_loop(model, tokenizer, seed_texts, args.max_length))
         seed_s, seed_cpu = (t * len(texts) / len(seed_texts) for t in (seed_subset_s, seed_subset_cpu))
         seed_diff = max(abs(s - r) for s, r in zip(seed, ours))
-        print(f"seed loop: {seed_subset_s:.2f}s wall, {seed_subset_cpu:.2f}s CPU for {len(seed_texts)} texts, "
-              f"max |diff| vs ours {seed_diff:.2e}")
+        print(
+            f"seed loop: {seed_subset_s:.2f}s wall, {seed_subset_cpu:.2f}s CPU for {len(seed_texts)} texts, "
+            f"max |diff| vs ours {seed_diff:.2e}"
+        )
 
     result = {
         # On CPU, speedups are ratios of CPU time, which other jobs on a shared machine barely change;
         # wall-clock ratios are given beside them.
         "speedup": {"vs_pipeline": pipeline_cpu[best_batch_size] / ours_cpu, "vs_seed_loop": seed_cpu / ours_cpu},
-        "speedup_wall_clock": {"vs_pipeline": pipeline_runs[best_batch_size] / ours_s, "vs_seed_loop": seed_s / ours_s},
+        "speedup_wall_clock": {
+            "vs_pipeline": pipeline_runs[best_batch_size] / ours_s,
+            "vs_seed_loop": seed_s / ours_s,
+        },
         "cpu_seconds": {"ours": ours_cpu, "pipeline_best": pipeline_cpu[best_batch_size], "seed_loop": seed_cpu},
         "wall_seconds": {"ours": ours_s, "pipeline_best": pipeline_runs[best_batch_size], "seed_loop": seed_s},
         "pipeline_cpu_seconds_by_batch_size": pipeline_cpu,

@@ -64,7 +64,9 @@ async def load_test(url: str, texts: list[str], clients: int) -> tuple[list, lis
     async def client_loop(client: httpx.AsyncClient):
         while not queue.empty():
             i = queue.get_nowait()
-            endpoint, body = ("/score", {"texts": [texts[i]]}) if i % 2 == 0 else ("/get_reward", {"query": [texts[i]]})
+            endpoint, body = (
+                ("/score", {"texts": [texts[i]]}) if i % 2 == 0 else ("/get_reward", {"query": [texts[i]]})
+            )
             start = time.perf_counter()
             try:
                 reply = await client.post(url + endpoint, json=body)
@@ -92,14 +94,26 @@ def main():
     parser.add_argument("--output", help="Write the results as JSON here.")
     args = parser.parse_args()
 
-    texts = [p["prompt"] + p[side] for p in make_pairs(args.requests // 2 + 1, seed=11) for side in ("chosen", "rejected")]
+    texts = [
+        p["prompt"] + p[side] for p in make_pairs(args.requests // 2 + 1, seed=11) for side in ("chosen", "rejected")
+    ]
     texts = texts[: args.requests]
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or tiny_checkpoint(tmp)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "reward_trainer.cli", "serve", "--model_name_or_path", path,
-                   "--port", str(port), "--max_wait_ms", str(args.max_wait_ms)]
+        command = [
+            sys.executable,
+            "-m",
+            "reward_trainer.cli",
+            "serve",
+            "--model_name_or_path",
+            path,
+            "--port",
+            str(port),
+            "--max_wait_ms",
+            str(args.max_wait_ms),
+        ]
         server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             asyncio.run(wait_until_healthy(url, server, timeout=120))

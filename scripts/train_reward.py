@@ -1,7 +1,7 @@
 """Entry point for `accelerate launch`; the same code as `reward-trainer train`.
 
-    python scripts/train_reward.py --config recipes/quickstart.yaml
-    accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
+python scripts/train_reward.py --config recipes/quickstart.yaml
+accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
 """
 
 import sys

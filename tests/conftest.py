@@ -32,8 +32,13 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
     output_dir = tmp_path_factory.mktemp("checkpoint")
     args = RewardConfig(
-        output_dir=str(output_dir), max_steps=15, per_device_train_batch_size=16, learning_rate=1e-3,
-        use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(output_dir),
+        max_steps=15,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     train(ModelArguments(), DataArguments(num_synthetic_pairs=300, max_length=64), args)
     return output_dir

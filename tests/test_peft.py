@@ -23,8 +23,14 @@ def test_lora_trains_and_saves_the_head_and_a_merged_model(tmp_path):
     out = tmp_path / "lora"
     model_args = ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     args = RewardConfig(
-        output_dir=str(out), max_steps=8, per_device_train_batch_size=16, learning_rate=1e-2,
-        eval_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(out),
+        max_steps=8,
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        eval_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     train(model_args, DataArguments(num_synthetic_pairs=200, max_length=64), args)
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "model.safetensors").is_file()

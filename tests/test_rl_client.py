@@ -16,16 +16,31 @@ def test_grpo_logs_the_rewards_of_our_scorer(trained_checkpoint, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(trained_checkpoint)  # the policy speaks the reward model's tokens
     policy = GPT2LMHeadModel(
         GPT2Config(
-            vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+            vocab_size=len(tokenizer),
+            n_positions=128,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
         )
     )
     prompts = Dataset.from_dict({"prompt": [p["prompt"] for p in make_pairs(8, seed=9)]})
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     args = trl.GRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
-        max_steps=2, logging_steps=1, learning_rate=1e-3, use_cpu=True, report_to="none", disable_tqdm=True,
-        save_strategy="no", seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
     )
     trainer = trl.GRPOTrainer(
         model=policy, reward_funcs=scorer, args=args, train_dataset=prompts, processing_class=tokenizer

@@ -134,7 +134,9 @@ def test_score_conversations(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     conversation = [{"role": "user", "content": "code of cat?"}, {"role": "assistant", "content": "red"}]
     text = "user: code of cat?\n\nassistant: red\n\n"  # training's default template for conversational data
-    assert scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == text
+    assert (
+        scorer.tokenizer.apply_chat_template(conversation, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False) == text
+    )
     assert scorer.score_conversations([conversation]) == scorer.score_texts([text])
     # A tokenizer's own template wins over the default.
     scorer.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"

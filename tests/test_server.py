@@ -99,7 +99,9 @@ def test_bad_requests_then_keeps_serving(server):
 def test_serve_command_rejects_a_missing_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "reward_trainer.cli", "serve", "--model_name_or_path", str(tmp_path / "nope")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr
 
