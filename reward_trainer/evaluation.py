@@ -303,20 +303,7 @@ def plot_reward_histograms(chosen, rejected, path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # The `evaluate` command: load rows, score them, report.
 
-ASSISTANT_TURN = "\n\nAssistant:"
 LOCAL_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv")
-
-
-def split_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """(prompt, chosen response, rejected response) of two whole conversations (the HH-RLHF format).
-
-    The prompt is the shared prefix up to and including its last `"\\n\\nAssistant:"`; without that marker
-    there is no prompt, since a shared prefix of plain text (" red" and " rose") is not a prompt.
-    """
-    shared = os.path.commonprefix([chosen, rejected])
-    cut = shared.rfind(ASSISTANT_TURN)
-    cut = cut + len(ASSISTANT_TURN) if cut >= 0 else 0
-    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def pairs_from_rows(rows, source: str = "data") -> dict[str, list]:
@@ -325,7 +312,7 @@ def pairs_from_rows(rows, source: str = "data") -> dict[str, list]:
     A row has `chosen` and `rejected` strings and optionally `prompt` (else the prompt is split off as in
     HH-RLHF), `tie` (true or 1 for an annotated tie) and `source` or `subset` (the per-subset key).
     """
-    from .data import DataError
+    from .data import DataError, split_implicit_prompt
 
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
     for i, row in enumerate(rows):
@@ -333,7 +320,7 @@ def pairs_from_rows(rows, source: str = "data") -> dict[str, list]:
             if not isinstance(row.get(field), str):
                 raise DataError(f"{source}: row {i + 1}: field {field!r} must be a string, got {row.get(field)!r:.60}")
         if row.get("prompt") is None:
-            prompt, chosen, rejected = split_prompt(row["chosen"], row["rejected"])
+            prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
         else:
             prompt, chosen, rejected = str(row["prompt"]), row["chosen"], row["rejected"]
         pairs["prompt"].append(prompt)

@@ -40,7 +40,7 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
     if looks_local and not os.path.isdir(name):
         raise ModelLoadError(f"model path {name!r} does not exist")
     if os.path.isdir(name):
-        _check_safetensors(name)
+        require_safetensors(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             model_args.tokenizer_name_or_path or name,
@@ -63,7 +63,7 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
     return model, tokenizer
 
 
-def _check_safetensors(path: str) -> None:
+def require_safetensors(path: str) -> None:
     files = os.listdir(path)
     if any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
         return

@@ -15,6 +15,7 @@ from the attention mask (GPT-2 in transformers 5 does not derive them; it would 
 
 import inspect
 import math
+import os
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -82,9 +83,13 @@ class RewardScorer:
         cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, **kwargs
     ) -> "RewardScorer":
         """Loads a checkpoint saved by `reward-trainer train` (or any scalar-head sequence classifier)."""
+        from .modeling import require_safetensors
+
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        if os.path.isdir(path):
+            require_safetensors(path)  # refuse pickle-only checkpoints with a clear message
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device)
         if model.config.num_labels != 1:
             raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reward model has one")
         if tokenizer.pad_token_id is not None:

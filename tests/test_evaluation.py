@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 from transformers import EvalPrediction
 
+from reward_trainer.data import split_implicit_prompt as split_prompt
 from reward_trainer.evaluation import (
     bootstrap_ci,
     expected_calibration_error,
@@ -19,7 +20,6 @@ from reward_trainer.evaluation import (
     ranking_correlation,
     reliability_bins,
     spearman,
-    split_prompt,
 )
 from reward_trainer.metrics import compute_metrics
 

@@ -141,3 +141,12 @@ def test_score_conversations(trained_checkpoint):
     # A tokenizer's own template wins over the default.
     scorer.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
     assert scorer.score_conversations([conversation]) == scorer.score_texts(["<code of cat?><red>"])
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path):
+    from reward_trainer.modeling import ModelLoadError
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
+        RewardScorer.from_pretrained(str(tmp_path))
