@@ -1,9 +1,12 @@
 """Preference data: formats, sources, the prompt split, truncation, pairs, the row accounting, caching."""
 
+import copy
 import gzip
 import json
 import os
+import random
 
+import pyarrow as pa
 import pytest
 from datasets import Dataset, DatasetDict
 from transformers import BertTokenizerFast
@@ -61,6 +64,14 @@ def assert_accounted(report):
 
 
 # ----------------------------------------------------------------------------------------------- pure functions
+
+
+def test_common_prefix_length_matches_os_path_commonprefix():
+    rng = random.Random(0)
+    for _ in range(500):
+        a = "".join(rng.choice("ab\n") for _ in range(rng.randrange(12)))
+        b = a[: rng.randrange(len(a) + 1)] + "".join(rng.choice("ab\n") for _ in range(rng.randrange(12)))
+        assert data.common_prefix_length(a, b) == len(os.path.commonprefix([a, b])), (a, b)
 
 
 def test_split_implicit_prompt_at_the_last_shared_assistant_turn():
@@ -124,6 +135,21 @@ def test_keep_end_keeps_trailing_eos_of_a_causal_tokenizer(tiny_tokenizer):
         assert len(short) == 6 and short[-1] == eos
         # a contiguous tail of the untruncated ids: the prompt was cut from the left, the response kept whole
         assert whole[-6:] == short
+
+
+def test_keep_end_gives_the_same_ids_whether_the_prompt_was_encoded_apart_or_not(tiny_tokenizer, word_tokenizer):
+    """Truncation splits at the prompt's end: known from the separate encoding, else found from offsets."""
+    batch = pa.table({
+        "prompt": ["a b c d", "cat dog fox owl bee | code of cat?\nanswer:", "x y"],
+        "responses": [[" e f", " g"], [" red", " sky blue"], [" z z z z z z z z", " w"]],
+    })  # fmt: skip
+    for tokenizer in (tiny_tokenizer, word_tokenizer):
+        affixes = data.special_affixes(tokenizer)
+        for max_length in (3, 4, 6):
+            apart = data._tokenize_batch(batch, data.Encoder(tokenizer, True), max_length, "keep_end", affixes)
+            whole = data._tokenize_batch(batch, data.Encoder(tokenizer), max_length, "keep_end", None)
+            assert apart["ids"].to_pylist() == whole["ids"].to_pylist(), (tokenizer, max_length)
+            assert "truncated" in apart["_status"].to_pylist()
 
 
 # ----------------------------------------------------------------------------------------------- formats
@@ -366,10 +392,21 @@ def test_separate_prompt_encoding_gives_whole_text_ids(tiny_tokenizer, word_toke
     prompts = ["\n\nHuman: hi\n\nAssistant:", "cat dog | code of cat?\nanswer:", "a b", "x\n\n", ""]
     responses = [[" sure", " no way"], [" red", "tan"], [" c", "d"], ["Hello", " there"], [" lone", " pair"]]
     for tokenizer in (tiny_tokenizer, word_tokenizer):
-        affixes = data.special_affixes(tokenizer)
-        assert data._encode_rows(tokenizer, prompts, responses, affixes) == [
-            [ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses, strict=False)
-        ]
+        expected = [[ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses, strict=False)]
+        for fast in (False, True):  # `tokenizer(...)` and the Rust tokenizer's `encode_batch_fast`
+            for affixes in (None, data.special_affixes(tokenizer)):
+                encode = data.Encoder(tokenizer, fast)
+                assert data._encode_rows(encode, prompts, responses, affixes)[0] == expected, (fast, affixes)
+
+
+def test_encoding_plan_keeps_tokenizer_truncation_off(tiny_tokenizer):
+    """A tokenizer.json may carry truncation settings; the fast encoder must still give whole texts."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    rows = Dataset.from_dict({"prompt": ["a b c d e f"], "responses": [[" g h i", " j k"]]})
+    encode, _ = data.plan_encoding(tokenizer, rows)
+    assert encode.backend is not None, "the fast path was not taken"
+    assert encode(["a b c d e f g h"]) == [ids(tiny_tokenizer, "a b c d e f g h")]
 
 
 @pytest.mark.slow  # starting worker processes takes ~30 s on 2 busy cores
