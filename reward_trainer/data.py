@@ -14,7 +14,9 @@ the cache instead of tokenizing again):
 4. split train/eval: the source's own eval split if it has one, else by a hash of the prompt under the seed,
    so no prompt is on both sides; a mixture keeps a fraction `weight` of each source's training rows;
 5. tokenize `prompt + response` with batched `map` over the fast tokenizer, applying the truncation policy;
-6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, and `margin` / `group` when present.
+6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group` (the row), `chosen_response` /
+   `rejected_response` (the responses' places in the row), and `margin` when present. Eval pairs also carry
+   `subset` (a `ClassLabel`): the row's own `source` or `subset` field, else its source in a mixture.
 
 The report (`data_report.json`) puts every input row in exactly one bucket:
 `input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
@@ -64,7 +66,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv")
-VERSION = "data-v1"  # part of every fingerprint: bump when the processing below changes
+VERSION = "data-v2"  # part of every fingerprint: bump when the processing below changes
 RAW_FEATURES = Features({"_row": Value("int64"), "_json": Value("string"), "_error": Value("string")})
 
 
@@ -123,6 +125,7 @@ def load_preference_data(
                 chat_template=chat_template,
                 seed=seed,
                 num_proc=data_args.dataset_num_proc,
+                subset=name if len(sources) > 1 else "",
             )
             for key, raw in raw_splits.items()
         }
@@ -149,7 +152,8 @@ def load_preference_data(
     for rows in (train, test):
         _count_statuses(rows, report)
     train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
-    eval_pairs = expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train))
+    train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
+    eval_pairs = encode_subsets(expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train)))
     report.update(
         train_rows=len(train),
         eval_rows=len(test),
@@ -164,6 +168,13 @@ def load_preference_data(
     if len(train_pairs) == 0:
         raise DataError(f"{data_args.dataset_name}: no training pairs left (see the counts above)")
     return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
+
+
+def encode_subsets(pairs: Dataset) -> Dataset:
+    """The `subset` names as a `ClassLabel` (sorted names, integer ids), or no `subset` column if no row has one."""
+    if "subset" not in pairs.column_names or len(pairs) == 0 or set(pairs.unique("subset")) == {""}:
+        return pairs.remove_columns([c for c in ("subset",) if c in pairs.column_names])
+    return pairs.class_encode_column("subset")
 
 
 def write_report(report: dict, output_dir: str) -> None:
@@ -566,17 +577,21 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
                 scores, margin = [0.0, 0.0], 0.0
     if len(set(responses)) < len(responses):
         raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
-    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin}
+    subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
+    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
 
 
-def _normalize_batch(batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed):
-    out = {k: [] for k in ("prompt", "responses", "scores", "margin", "_file", "_row", "_error", "_bucket")}
+def _normalize_batch(
+    batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed, subset
+):
+    keys = ("prompt", "responses", "scores", "margin", "subset", "_file", "_row", "_error", "_bucket")
+    out = {k: [] for k in keys}
     raw_json = "_json" in batch
     columns = [c for c in batch if c not in ("_row", "_json", "_error")]
     for i, index in enumerate(indices):
         error = batch["_error"][i] if "_error" in batch else ""
         row_number = batch["_row"][i] if "_row" in batch else index + 1
-        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan}
+        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan, "subset": ""}
         if not error:
             try:
                 if raw_json:
@@ -591,6 +606,7 @@ def _normalize_batch(batch: dict, indices: list[int], spec: FormatSpec, file: st
                 result = normalize_row(row, spec, tokenizer, chat_template)
             except RowError as err:
                 error = str(err)
+        result["subset"] = result["subset"] or subset
         for key, value in result.items():
             out[key].append(value)
         out["_file"].append(file)
@@ -611,11 +627,12 @@ def _fingerprint(*parts) -> str:
 
 
 def normalize(
-    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None
+    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None, subset=""
 ) -> Dataset:
+    """Rows -> `prompt`, `responses`, `scores`, `margin`, `subset` (the row's, else `subset`) and bookkeeping."""
     features = Features({
         "prompt": Value("string"), "responses": Sequence(Value("string")), "scores": Sequence(Value("float64")),
-        "margin": Value("float64"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
+        "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
         "_bucket": Value("float64"),
     })  # fmt: skip
     template = chat_template if spec.format == "conversational" else ""
@@ -623,11 +640,18 @@ def normalize(
         _normalize_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"spec": spec, "file": file, "tokenizer": tokenizer, "chat_template": template, "seed": seed},
+        fn_kwargs={
+            "spec": spec,
+            "file": file,
+            "tokenizer": tokenizer,
+            "chat_template": template,
+            "seed": seed,
+            "subset": subset,
+        },  # fmt: skip
         remove_columns=raw.column_names,
         features=features,
         num_proc=_num_proc(num_proc, raw),
-        new_fingerprint=_fingerprint(raw._fingerprint, spec, file, template, seed),
+        new_fingerprint=_fingerprint(raw._fingerprint, spec, file, template, seed, subset),
         desc=f"Reading {file}",
     )
 
@@ -890,8 +914,10 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
 
 
 def _expand_batch(batch: dict, indices: list[int], keep_ties: bool, margin: bool, group_offset: int) -> dict:
-    out = {k: [] for k in ("chosen_ids", "rejected_ids", "weight", "tie", "margin", "group")}
-    for index, ids, scores, row_margin in zip(indices, batch["ids"], batch["scores"], batch["margin"], strict=False):
+    keys = ("chosen_ids", "rejected_ids", "weight", "tie", "margin", "group", "chosen_response", "rejected_response")
+    out = {k: [] for k in (*keys, "subset")}
+    rows = zip(indices, batch["ids"], batch["scores"], batch["margin"], batch["subset"], strict=True)
+    for index, ids, scores, row_margin, subset in rows:
         if not ids:  # filtered
             continue
         if _is_tie(scores):
@@ -911,6 +937,9 @@ def _expand_batch(batch: dict, indices: list[int], keep_ties: bool, margin: bool
             out["tie"].append(1.0 if _is_tie(scores) else 0.0)
             out["margin"].append(scores[better] - scores[worse] if math.isnan(row_margin) else row_margin)
             out["group"].append(group_offset + index)
+            out["chosen_response"].append(better)
+            out["rejected_response"].append(worse)
+            out["subset"].append(subset)
     if not margin:
         del out["margin"]
     return out
@@ -921,11 +950,14 @@ def expand_pairs(rows: Dataset, keep_ties: bool, margin: bool, group_offset: int
 
     A pair row has weight 1; a tie weight 0 and `tie` 1.0 (kept only when `keep_ties`: evaluation counts it
     0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
-    so each prompt weighs 1, and `group` (the row index) ties them to their prompt. `margin` is the row's
-    margin, or the score difference.
+    so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
+    `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
+    `margin` is the row's margin, or the score difference; `subset` the row's subset name.
     """
     features = {"chosen_ids": Sequence(Value("int32")), "rejected_ids": Sequence(Value("int32")),
-                "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64")}  # fmt: skip
+                "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64"),
+                "chosen_response": Value("int32"), "rejected_response": Value("int32"),
+                "subset": Value("string")}  # fmt: skip
     if margin:
         features["margin"] = Value("float32")
     return rows.map(

@@ -121,6 +121,40 @@ def ranking_correlation(model_scores: Sequence[np.ndarray], human_scores: Sequen
     }
 
 
+def rankings_from_pairs(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    group: np.ndarray,
+    chosen_response: np.ndarray,
+    rejected_response: np.ndarray,
+    min_responses: int = 3,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each prompt's responses rebuilt from its pairs, for `ranking_correlation`: (model scores, human scores).
+
+    A response is identified by its prompt (`group`) and its place in that prompt's row; its model score is
+    its reward (the mean over its pairs, which differ only by float noise from padding), its human score the
+    number of responses it was preferred to. That count orders the responses exactly as the annotators'
+    scores do (a higher score beats every response the lower one beats, and that one too), so Kendall's tau-b
+    and Spearman's rho, which depend on the order only, equal those of the scores. Prompts with fewer than
+    `min_responses` responses are left out (two responses are a pair, not a ranking).
+    """
+    total, count, wins = {}, {}, {}
+    for g, c, r, reward_c, reward_r in zip(group, chosen_response, rejected_response, chosen, rejected):
+        for response, reward, won in (((g, c), reward_c, 1), ((g, r), reward_r, 0)):
+            total[response] = total.get(response, 0.0) + reward
+            count[response] = count.get(response, 0) + 1
+            wins[response] = wins.get(response, 0) + won
+    responses: dict = {}
+    for g, place in sorted(total):
+        responses.setdefault(g, []).append((g, place))
+    model_scores, human_scores = [], []
+    for members in responses.values():
+        if len(members) >= min_responses:
+            model_scores.append(np.array([total[m] / count[m] for m in members]))
+            human_scores.append(np.array([wins[m] for m in members], dtype=np.float64))
+    return model_scores, human_scores
+
+
 def _nanmean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
