@@ -111,6 +111,7 @@ def load_preference_data(
     report["skipped_rows"], report["sources"] = [], []
     chat_template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
     train_parts, eval_parts, has_margin = [], [], False
+    subsets = subset_names([name for name, _ in sources])
     for name, weight in sources:
         raw_splits = read_source(name, data_args, seed)
         spec = resolve_format(raw_splits["train"], data_args)
@@ -125,7 +126,7 @@ def load_preference_data(
                 chat_template=chat_template,
                 seed=seed,
                 num_proc=data_args.dataset_num_proc,
-                subset=name if len(sources) > 1 else "",
+                subset=subsets[name],
             )
             for key, raw in raw_splits.items()
         }
@@ -208,6 +209,18 @@ def parse_sources(data_args: DataArguments) -> list[tuple[str, float]]:
             raise DataError(f"dataset_mixture: weight of {name!r} must be a number in (0, 1], got {weight!r}")
         sources.append((name, float(weight)))
     return sources
+
+
+def subset_names(names: list[str]) -> dict[str, str]:
+    """The subset of each source's rows in a mixture: its name less the folder all names share
+    (`harmless-base/test.jsonl.gz`, `helpful-base/test.jsonl.gz`); "" for a single source."""
+    if len(names) < 2:
+        return dict.fromkeys(names, "")
+    try:
+        common = os.path.commonpath([os.path.dirname(name) for name in names])
+    except ValueError:  # absolute and relative paths mixed
+        common = ""
+    return {name: os.path.relpath(name, common) if common else name for name in names}
 
 
 def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dataset]:
