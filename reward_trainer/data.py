@@ -109,30 +109,13 @@ def load_preference_data(
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
     report["skipped_rows"], report["sources"] = [], []
-    chat_template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
     train_parts, eval_parts, has_margin = [], [], False
     subsets = subset_names([name for name, _ in sources])
     for name, weight in sources:
-        raw_splits = read_source(name, data_args, seed)
-        spec = resolve_format(raw_splits["train"], data_args)
+        rows_before = report["input_rows"]
+        spec, splits = read_rows(name, data_args, tokenizer, seed, report, subset=subsets[name])
         has_margin |= spec.has_margin
-        logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
-        splits = {
-            key: normalize(
-                raw,
-                spec,
-                file=_display_name(name, key, raw_splits),
-                tokenizer=tokenizer,
-                chat_template=chat_template,
-                seed=seed,
-                num_proc=data_args.dataset_num_proc,
-                subset=subsets[name],
-            )
-            for key, raw in raw_splits.items()
-        }
-        source_rows = sum(len(s) for s in splits.values())
-        report["input_rows"] += source_rows
-        splits = {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+        source_rows = report["input_rows"] - rows_before
         if "eval" in splits:
             train, test = splits["train"], splits["eval"]
         else:
@@ -176,6 +159,34 @@ def encode_subsets(pairs: Dataset) -> Dataset:
     if "subset" not in pairs.column_names or len(pairs) == 0 or set(pairs.unique("subset")) == {""}:
         return pairs.remove_columns([c for c in ("subset",) if c in pairs.column_names])
     return pairs.class_encode_column("subset")
+
+
+def read_rows(
+    name: str, data_args: DataArguments, tokenizer, seed: int, report: dict, subset: str = ""
+) -> tuple[FormatSpec, dict[str, Dataset]]:
+    """Steps 1-3 for one source: its rows normalized and checked, {"train": ...} and its own "eval" split if any.
+
+    Adds the source's rows to `report["input_rows"]` and the skipped ones to `skipped` / `skipped_rows`.
+    """
+    raw_splits = read_source(name, data_args, seed)
+    spec = resolve_format(raw_splits["train"], data_args)
+    logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
+    chat_template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    splits = {
+        key: normalize(
+            raw,
+            spec,
+            file=_display_name(name, key, raw_splits),
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            seed=seed,
+            num_proc=data_args.dataset_num_proc,
+            subset=subset,
+        )
+        for key, raw in raw_splits.items()
+    }
+    report["input_rows"] += sum(len(rows) for rows in splits.values())
+    return spec, {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
 
 
 def write_report(report: dict, output_dir: str) -> None:
