@@ -7,7 +7,11 @@ import torch
 from .packing import prefix_shared_batch, unique_sequences
 
 RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after the shared prompt
-PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)
+PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
+# Integers that tell evaluation where a pair comes from: its prompt (row), its subset, its responses' places in the row.
+INDEX_COLUMNS = ("group", "subset", "chosen_response", "rejected_response")
+# The label columns of `RewardTrainer.prediction_step`, in order, for `compute_metrics`; -1 where the data has none.
+LABEL_COLUMNS = ("tie", *RESPONSE_LENGTH_COLUMNS, *INDEX_COLUMNS)
 
 
 @dataclass
@@ -15,7 +19,7 @@ class PreferenceCollator:
     """Pads chosen and rejected sequences of a batch together, to the longest one in the batch.
 
     Rows carry `chosen_ids` and `rejected_ids` (token ids of prompt + response, special tokens included),
-    and optionally `margin`, `weight` and `tie`. Padding is dynamic (never to `max_length`), on the right,
+    and optionally the float `PAIR_COLUMNS` (`margin`, `weight`, `tie`, ...) and the integer `INDEX_COLUMNS`. Padding is dynamic (never to `max_length`), on the right,
     rounded up to `pad_to_multiple_of`. The chosen sequences come first, then the rejected ones:
 
     >>> collator = PreferenceCollator(pad_token_id=0)
@@ -63,8 +67,9 @@ class PreferenceCollator:
 
 
 def pair_columns(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """The optional per-pair float columns, (B,) each."""
-    return {key: torch.tensor([float(row[key]) for row in rows]) for key in PAIR_COLUMNS if key in rows[0]}
+    """The optional per-pair columns, (B,) each: float `PAIR_COLUMNS`, integer `INDEX_COLUMNS`."""
+    columns = {key: torch.tensor([float(row[key]) for row in rows]) for key in PAIR_COLUMNS if key in rows[0]}
+    return columns | {key: torch.tensor([int(row[key]) for row in rows]) for key in INDEX_COLUMNS if key in rows[0]}
 
 
 @dataclass

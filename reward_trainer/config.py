@@ -254,8 +254,10 @@ class EvaluateArguments:
     dataset_name: list[str] = field(
         metadata={
             "help": "One or more local files (.json/.jsonl/.jsonl.gz/.parquet/.csv), `save_to_disk` directories or "
-            "Hub datasets. Rows: `chosen`, `rejected` and optionally `prompt`, `tie`, `source`/`subset`; or ranked "
-            "rows: `prompt`, `responses` and `scores` (higher is better). With several, each is its own subset."
+            "Hub datasets, read as `train` reads them (any format it detects). Rows may carry `tie` and "
+            "`source`/`subset`; ranked rows (`prompt`, `responses`, `scores`; more than two responses) give Kendall's "
+            "tau and Spearman's rho. With several, each is a subset (its name less the folder they share) unless "
+            "its rows name their own."
         }
     )
     output_dir: str = field(
@@ -263,6 +265,14 @@ class EvaluateArguments:
         metadata={"help": "Where eval_report.json, eval_report.md and the PNG plots are written."},
     )
     split: str = field(default="test", metadata={"help": "Split of a Hub dataset or `save_to_disk` directory."})
+    on_bad_row: str = field(
+        default="error",
+        metadata={
+            "help": "A malformed row: `error` stops with one line naming file, row and field (exit code 2); `skip` "
+            "leaves it out and lists it in eval_report.json.",
+            "choices": ["error", "skip"],
+        },
+    )
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
     max_length: int | None = field(
         default=512,

@@ -14,7 +14,9 @@ the cache instead of tokenizing again):
 4. split train/eval: the source's own eval split if it has one, else by a hash of the prompt under the seed,
    so no prompt is on both sides; a mixture keeps a fraction `weight` of each source's training rows;
 5. tokenize `prompt + response` with batched `map` over the fast tokenizer, applying the truncation policy;
-6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, and `margin` / `group` when present.
+6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group` (the row), `chosen_response` /
+   `rejected_response` (the responses' places in the row), and `margin` when present. Eval pairs also carry
+   `subset` (a `ClassLabel`): the row's own `source` or `subset` field, else its source in a mixture.
 
 The report (`data_report.json`) puts every input row in exactly one bucket:
 `input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
@@ -67,7 +69,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv")
-VERSION = "data-v1"  # part of every fingerprint: bump when the processing below changes
+VERSION = "data-v2"  # part of every fingerprint: bump when the processing below changes
 RAW_FEATURES = Features({"_row": Value("int64"), "_json": Value("string"), "_error": Value("string")})
 
 
@@ -110,28 +112,13 @@ def load_preference_data(
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
     report["skipped_rows"], report["sources"] = [], []
-    chat_template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
     train_parts, eval_parts, has_margin = [], [], False
+    subsets = subset_names([name for name, _ in sources])
     for name, weight in sources:
-        raw_splits = read_source(name, data_args, seed)
-        spec = resolve_format(raw_splits["train"], data_args)
+        rows_before = report["input_rows"]
+        spec, splits = read_rows(name, data_args, tokenizer, seed, report, subset=subsets[name])
         has_margin |= spec.has_margin
-        logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
-        splits = {
-            key: normalize(
-                raw,
-                spec,
-                file=_display_name(name, key, raw_splits),
-                tokenizer=tokenizer,
-                chat_template=chat_template,
-                seed=seed,
-                num_proc=data_args.dataset_num_proc,
-            )
-            for key, raw in raw_splits.items()
-        }
-        source_rows = sum(len(s) for s in splits.values())
-        report["input_rows"] += source_rows
-        splits = {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+        source_rows = report["input_rows"] - rows_before
         if "eval" in splits:
             train, test = splits["train"], splits["eval"]
         else:
@@ -152,7 +139,8 @@ def load_preference_data(
     for rows in (train, test):
         _count_statuses(rows, report)
     train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
-    eval_pairs = expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train))
+    train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
+    eval_pairs = encode_subsets(expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train)))
     report.update(
         train_rows=len(train),
         eval_rows=len(test),
@@ -167,6 +155,41 @@ def load_preference_data(
     if len(train_pairs) == 0:
         raise DataError(f"{data_args.dataset_name}: no training pairs left (see the counts above)")
     return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
+
+
+def encode_subsets(pairs: Dataset) -> Dataset:
+    """The `subset` names as a `ClassLabel` (sorted names, integer ids), or no `subset` column if no row has one."""
+    if "subset" not in pairs.column_names or len(pairs) == 0 or set(pairs.unique("subset")) == {""}:
+        return pairs.remove_columns([c for c in ("subset",) if c in pairs.column_names])
+    return pairs.class_encode_column("subset")
+
+
+def read_rows(
+    name: str, data_args: DataArguments, tokenizer, seed: int, report: dict, subset: str = ""
+) -> tuple[FormatSpec, dict[str, Dataset]]:
+    """Steps 1-3 for one source: its rows normalized and checked, {"train": ...} and its own "eval" split if any.
+
+    Adds the source's rows to `report["input_rows"]` and the skipped ones to `skipped` / `skipped_rows`.
+    """
+    raw_splits = read_source(name, data_args, seed)
+    spec = resolve_format(raw_splits["train"], data_args)
+    logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
+    chat_template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    splits = {
+        key: normalize(
+            raw,
+            spec,
+            file=_display_name(name, key, raw_splits),
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            seed=seed,
+            num_proc=data_args.dataset_num_proc,
+            subset=subset,
+        )
+        for key, raw in raw_splits.items()
+    }
+    report["input_rows"] += sum(len(rows) for rows in splits.values())
+    return spec, {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
 
 
 def write_report(report: dict, output_dir: str) -> None:
@@ -200,6 +223,18 @@ def parse_sources(data_args: DataArguments) -> list[tuple[str, float]]:
             raise DataError(f"dataset_mixture: weight of {name!r} must be a number in (0, 1], got {weight!r}")
         sources.append((name, float(weight)))
     return sources
+
+
+def subset_names(names: list[str]) -> dict[str, str]:
+    """The subset of each source's rows in a mixture: its name less the folder all names share
+    (`harmless-base/test.jsonl.gz`, `helpful-base/test.jsonl.gz`); "" for a single source."""
+    if len(names) < 2:
+        return dict.fromkeys(names, "")
+    try:
+        common = os.path.commonpath([os.path.dirname(name) for name in names])
+    except ValueError:  # absolute and relative paths mixed
+        common = ""
+    return {name: os.path.relpath(name, common) if common else name for name in names}
 
 
 def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dataset]:
@@ -581,17 +616,21 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
                 scores, margin = [0.0, 0.0], 0.0
     if len(set(responses)) < len(responses):
         raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
-    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin}
+    subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
+    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
 
 
-def _normalize_batch(batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed):
-    out = {k: [] for k in ("prompt", "responses", "scores", "margin", "_file", "_row", "_error", "_bucket")}
+def _normalize_batch(
+    batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed, subset
+):
+    keys = ("prompt", "responses", "scores", "margin", "subset", "_file", "_row", "_error", "_bucket")
+    out = {k: [] for k in keys}
     raw_json = "_json" in batch
     columns = [c for c in batch if c not in ("_row", "_json", "_error")]
     for i, index in enumerate(indices):
         error = batch["_error"][i] if "_error" in batch else ""
         row_number = batch["_row"][i] if "_row" in batch else index + 1
-        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan}
+        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan, "subset": ""}
         if not error:
             try:
                 if raw_json:
@@ -606,6 +645,7 @@ def _normalize_batch(batch: dict, indices: list[int], spec: FormatSpec, file: st
                 result = normalize_row(row, spec, tokenizer, chat_template)
             except RowError as err:
                 error = str(err)
+        result["subset"] = result["subset"] or subset
         for key, value in result.items():
             out[key].append(value)
         out["_file"].append(file)
@@ -626,11 +666,12 @@ def _fingerprint(*parts) -> str:
 
 
 def normalize(
-    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None
+    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None, subset=""
 ) -> Dataset:
+    """Rows -> `prompt`, `responses`, `scores`, `margin`, `subset` (the row's, else `subset`) and bookkeeping."""
     features = Features({
         "prompt": Value("string"), "responses": Sequence(Value("string")), "scores": Sequence(Value("float64")),
-        "margin": Value("float64"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
+        "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
         "_bucket": Value("float64"),
     })  # fmt: skip
     template = chat_template if spec.format == "conversational" else ""
@@ -638,11 +679,18 @@ def normalize(
         _normalize_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"spec": spec, "file": file, "tokenizer": tokenizer, "chat_template": template, "seed": seed},
+        fn_kwargs={
+            "spec": spec,
+            "file": file,
+            "tokenizer": tokenizer,
+            "chat_template": template,
+            "seed": seed,
+            "subset": subset,
+        },  # fmt: skip
         remove_columns=raw.column_names,
         features=features,
         num_proc=_num_proc(num_proc, raw),
-        new_fingerprint=_fingerprint(raw._fingerprint, spec, file, template, seed),
+        new_fingerprint=_fingerprint(raw._fingerprint, spec, file, template, seed, subset),
         desc=f"Reading {file}",
     )
 
@@ -952,9 +1000,18 @@ def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: 
     ids = batch["ids"].combine_chunks()
     responses = ids.flatten()  # every response of the batch, row after row
     starts = pc.subtract(ids.offsets, ids.offsets[0]).to_pylist()
-    out = {k: [] for k in ("chosen_at", "rejected_at", "weight", "tie", "margin", "group")}
-    rows = zip(indices, starts, starts[1:], batch["scores"].to_pylist(), batch["margin"].to_pylist(), strict=False)
-    for index, start, stop, scores, row_margin in rows:
+    keys = ("chosen_at", "rejected_at", "weight", "tie", "group", "chosen_response", "rejected_response", "subset")
+    out = {k: [] for k in (*keys, "margin")}
+    rows = zip(
+        indices,
+        starts,
+        starts[1:],
+        batch["scores"].to_pylist(),
+        batch["margin"].to_pylist(),
+        batch["subset"].to_pylist(),
+        strict=False,
+    )
+    for index, start, stop, scores, row_margin, subset in rows:
         if start == stop:  # filtered
             continue
         if _is_tie(scores):
@@ -974,12 +1031,18 @@ def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: 
             out["tie"].append(1.0 if _is_tie(scores) else 0.0)
             out["margin"].append(scores[better] - scores[worse] if math.isnan(row_margin) else row_margin)
             out["group"].append(group_offset + index)
-    columns = {
+            out["chosen_response"].append(better)
+            out["rejected_response"].append(worse)
+            out["subset"].append(subset)
+    columns = {  # in the order of `expand_pairs`' features
         "chosen_ids": responses.take(pa.array(out["chosen_at"], type=pa.int64())),
         "rejected_ids": responses.take(pa.array(out["rejected_at"], type=pa.int64())),
         "weight": pa.array(out["weight"], pa.float32()),
         "tie": pa.array(out["tie"], pa.float32()),
         "group": pa.array(out["group"], pa.int64()),
+        "chosen_response": pa.array(out["chosen_response"], pa.int32()),
+        "rejected_response": pa.array(out["rejected_response"], pa.int32()),
+        "subset": pa.array(out["subset"], pa.string()),
     }
     if margin:
         columns["margin"] = pa.array(out["margin"], pa.float32())
@@ -991,11 +1054,14 @@ def expand_pairs(rows: Dataset, keep_ties: bool, margin: bool, group_offset: int
 
     A pair row has weight 1; a tie weight 0 and `tie` 1.0 (kept only when `keep_ties`: evaluation counts it
     0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
-    so each prompt weighs 1, and `group` (the row index) ties them to their prompt. `margin` is the row's
-    margin, or the score difference.
+    so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
+    `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
+    `margin` is the row's margin, or the score difference; `subset` the row's subset name.
     """
     features = {"chosen_ids": Sequence(Value("int32")), "rejected_ids": Sequence(Value("int32")),
-                "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64")}  # fmt: skip
+                "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64"),
+                "chosen_response": Value("int32"), "rejected_response": Value("int32"),
+                "subset": Value("string")}  # fmt: skip
     if margin:
         features["margin"] = Value("float32")
     pairs = rows.with_format("arrow").map(

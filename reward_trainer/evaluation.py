@@ -121,6 +121,40 @@ def ranking_correlation(model_scores: Sequence[np.ndarray], human_scores: Sequen
     }
 
 
+def rankings_from_pairs(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    group: np.ndarray,
+    chosen_response: np.ndarray,
+    rejected_response: np.ndarray,
+    min_responses: int = 3,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each prompt's responses rebuilt from its pairs, for `ranking_correlation`: (model scores, human scores).
+
+    A response is identified by its prompt (`group`) and its place in that prompt's row; its model score is
+    its reward (the mean over its pairs, which differ only by float noise from padding), its human score the
+    number of responses it was preferred to. That count orders the responses exactly as the annotators'
+    scores do (a higher score beats every response the lower one beats, and that one too), so Kendall's tau-b
+    and Spearman's rho, which depend on the order only, equal those of the scores. Prompts with fewer than
+    `min_responses` responses are left out (two responses are a pair, not a ranking).
+    """
+    total, count, wins = {}, {}, {}
+    for g, c, r, reward_c, reward_r in zip(group, chosen_response, rejected_response, chosen, rejected):
+        for response, reward, won in (((g, c), reward_c, 1), ((g, r), reward_r, 0)):
+            total[response] = total.get(response, 0.0) + reward
+            count[response] = count.get(response, 0) + 1
+            wins[response] = wins.get(response, 0) + won
+    responses: dict = {}
+    for g, place in sorted(total):
+        responses.setdefault(g, []).append((g, place))
+    model_scores, human_scores = [], []
+    for members in responses.values():
+        if len(members) >= min_responses:
+            model_scores.append(np.array([total[m] / count[m] for m in members]))
+            human_scores.append(np.array([wins[m] for m in members], dtype=np.float64))
+    return model_scores, human_scores
+
+
 def _nanmean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
@@ -235,6 +269,8 @@ def report_markdown(report: dict) -> str:
         ),
         ("mean margin r_c - r_r", report["margin"]),
     ]
+    if "input_rows" in report:
+        rows.insert(0, ("rows read (skipped as malformed)", f"{report['input_rows']} ({report['skipped']})"))
     if "kendall_tau" in report:
         rows += [
             (f"Kendall tau, mean over {report['ranked_prompts']} ranked prompts", report["kendall_tau"]),
@@ -301,69 +337,41 @@ def plot_reward_histograms(chosen, rejected, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The `evaluate` command: load rows, score them, report.
-
-LOCAL_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv")
+# The `evaluate` command: read the data as training does, score it, report.
 
 
-def pairs_from_rows(rows, source: str = "data") -> dict[str, list]:
-    """Columns `prompt`, `chosen`, `rejected`, `tie`, `subset` from rows of the supported formats.
+def read_texts(names: Sequence[str], args, tokenizer=None) -> tuple[dict[str, list], list[dict], dict]:
+    """The pairs and rankings of each source, read, normalized and checked by `data.read_rows` as for training.
 
-    A row has `chosen` and `rejected` strings and optionally `prompt` (else the prompt is split off as in
-    HH-RLHF), `tie` (true or 1 for an annotated tie) and `source` or `subset` (the per-subset key).
+    Returns pair columns `prompt`, `chosen`, `rejected`, `tie` and `subset`; rankings (rows of more than two
+    responses) as `{"prompt", "responses", "scores"}`; and the row accounting (`input_rows`, `skipped`,
+    `skipped_rows`). The whole `args.split` of each source is read (its first `args.max_samples` rows, if set);
+    the subset of a row is its `source`/`subset` field, else, with several sources, its source.
     """
-    from .data import DataError, split_implicit_prompt
+    from .config import DataArguments
+    from .data import read_rows, subset_names
 
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
-    for i, row in enumerate(rows):
-        for field in ("chosen", "rejected"):
-            if not isinstance(row.get(field), str):
-                raise DataError(f"{source}: row {i + 1}: field {field!r} must be a string, got {row.get(field)!r:.60}")
-        if row.get("prompt") is None:
-            prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
-        else:
-            prompt, chosen, rejected = str(row["prompt"]), row["chosen"], row["rejected"]
-        pairs["prompt"].append(prompt)
-        pairs["chosen"].append(chosen)
-        pairs["rejected"].append(rejected)
-        pairs["tie"].append(float(bool(row.get("tie") or False)))
-        pairs["subset"].append(str(row.get("source") or row.get("subset") or ""))
-    return pairs
-
-
-def rankings_from_rows(rows, source: str = "data") -> list[dict]:
-    """Ranked rows: `prompt`, `responses` (K strings) and `scores` (K numbers, higher is better)."""
-    from .data import DataError
-
-    rankings = []
-    for i, row in enumerate(rows):
-        responses, scores = row.get("responses"), row.get("scores")
-        if not isinstance(responses, list) or not isinstance(scores, list) or len(responses) != len(scores):
-            raise DataError(f"{source}: row {i + 1}: field 'scores' must be a list as long as 'responses'")
-        rankings.append({"prompt": str(row.get("prompt") or ""), "responses": responses, "scores": scores})
-    return rankings
-
-
-def load_rows(name: str, split: str = "test"):
-    """A local file (.json/.jsonl/.jsonl.gz/.parquet/.csv), a `save_to_disk` directory, or a Hub dataset."""
-    import datasets
-
-    from .data import DataError
-
-    if not os.path.exists(name) and (name.startswith((".", "/", "~")) or name.endswith(LOCAL_SUFFIXES)):
-        raise DataError(f"dataset file {name!r} does not exist")
-    try:
-        if os.path.isdir(name):
-            loaded = datasets.load_from_disk(name)
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        if os.path.isfile(name):
-            builder = {".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(name)[1], "json")
-            return datasets.load_dataset(builder, data_files=name, split="train")
-        return datasets.load_dataset(name, split=split)
-    except (datasets.exceptions.DatasetsError, OSError, ValueError, KeyError) as err:  # bad JSON, no such split, ...
-        raise DataError(
-            f"cannot load dataset {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from err
+    rankings, accounting = [], {"input_rows": 0, "skipped": 0, "skipped_rows": []}
+    subsets = subset_names(list(names))
+    for name in names:
+        data_args = DataArguments(dataset_name=name, train_split=args.split, eval_split="", on_bad_row=args.on_bad_row)
+        _, splits = read_rows(name, data_args, tokenizer, args.seed, accounting, subset=subsets[name])
+        rows = splits["train"]
+        if args.max_samples:
+            rows = rows.select(range(min(len(rows), args.max_samples)))
+        for row in rows.select_columns(["prompt", "responses", "scores", "subset"]):
+            responses, scores = row["responses"], row["scores"]
+            if len(responses) > 2:
+                rankings.append({"prompt": row["prompt"], "responses": responses, "scores": scores})
+                continue
+            better = 0 if scores[0] >= scores[1] else 1
+            pairs["prompt"].append(row["prompt"])
+            pairs["chosen"].append(responses[better])
+            pairs["rejected"].append(responses[1 - better])
+            pairs["tie"].append(float(scores[0] == scores[1]))
+            pairs["subset"].append(row["subset"])
+    return pairs, rankings, accounting
 
 
 def score_texts(scorer, texts: list[str], progress: bool = True) -> np.ndarray:
@@ -391,20 +399,7 @@ def evaluate_model(args) -> dict:
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     scorer = RewardScorer(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
     names = args.dataset_name
-    pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
-    rankings = []
-    for name in names:
-        rows = load_rows(name, args.split)
-        if args.max_samples:
-            rows = rows.select(range(min(len(rows), args.max_samples)))
-        if "responses" in rows.column_names:
-            rankings += rankings_from_rows(rows, source=name)
-            continue
-        loaded = pairs_from_rows(rows, source=name)
-        if len(names) > 1:  # several files: each is a subset unless its rows name their own
-            loaded["subset"] = [s or os.path.basename(name) for s in loaded["subset"]]
-        for key in pairs:
-            pairs[key] += loaded[key]
+    pairs, rankings, accounting = read_texts(names, args, tokenizer)
     if not pairs["chosen"] and not rankings:
         raise DataError(f"{', '.join(names)}: no rows to evaluate")
 
@@ -417,7 +412,7 @@ def evaluate_model(args) -> dict:
     chosen, rejected = rewards[:n], rewards[n : 2 * n]
     human_tie = np.asarray(pairs["tie"])
 
-    report = {"model": args.model_name_or_path, "dataset": ", ".join(names)}
+    report = {"model": args.model_name_or_path, "dataset": ", ".join(names), **accounting}
     if n:
         report |= preference_metrics(
             chosen,

@@ -4,6 +4,7 @@ reward-trainer train --config recipes/quickstart.yaml
 accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
 """
 
+import functools
 import logging
 import os
 import sys
@@ -49,13 +50,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         write_report(data.report, training_args.output_dir)
     logger.info("data: %s", data.report)
 
+    # The eval pairs carry subset ids; their names (the `ClassLabel`) make the keys `eval_accuracy/<name>`.
+    subsets = data.eval.features["subset"].names if data.eval is not None and "subset" in data.eval.features else None
     trainer = RewardTrainer(
         model=model,
         args=training_args,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        compute_metrics=compute_metrics,
+        compute_metrics=functools.partial(compute_metrics, subsets=subsets),
     )
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

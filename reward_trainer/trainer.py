@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import PAIR_COLUMNS, RESPONSE_LENGTH_COLUMNS, PrefixSharingCollator, collator_for
+from .collator import INDEX_COLUMNS, LABEL_COLUMNS, PAIR_COLUMNS, PrefixSharingCollator, collator_for
 from .loss import bradley_terry_loss
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
@@ -56,8 +56,9 @@ class RewardTrainer(Trainer):
     """Trains a scalar-head model on preference pairs batched by `PreferenceCollator`.
 
     Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
-    pair for `compute_metrics`, with the human tie and the response lengths as labels) and the count of
-    pairs used to scale the loss under gradient accumulation.
+    pair for `compute_metrics`, with the `collator.LABEL_COLUMNS` as labels: human tie, response lengths,
+    prompt, subset and response places) and the count of pairs used to scale the loss under gradient
+    accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
 
     With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
@@ -97,7 +98,7 @@ class RewardTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", "group", *PAIR_COLUMNS]
+            self._signature_columns = ["chosen_ids", "rejected_ids", *PAIR_COLUMNS, *INDEX_COLUMNS]
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -159,9 +160,12 @@ class RewardTrainer(Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
-        human_tie = inputs.get("tie", torch.zeros_like(chosen))
-        labels = [human_tie.float()] + [inputs[k].float() for k in RESPONSE_LENGTH_COLUMNS if k in inputs]
-        return loss.detach(), rewards, torch.stack(labels, dim=1)  # (B, 1) tie, or (B, 3) tie and response lengths
+        # Integers of one width whatever the data has (-1 where a column is absent, no tie if `tie` is), so
+        # that the stock Trainer concatenates and, under DDP, gathers them as they are; int64 keeps row ids exact.
+        absent = torch.full_like(chosen, -1, dtype=torch.long)
+        labels = [(inputs["tie"] > 0).long() if "tie" in inputs else torch.zeros_like(absent)]
+        labels += [inputs[key].long() if key in inputs else absent for key in LABEL_COLUMNS[1:]]
+        return loss.detach(), rewards, torch.stack(labels, dim=1)  # (B, len(LABEL_COLUMNS))
 
     def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
         """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by

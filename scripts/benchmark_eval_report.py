@@ -27,14 +27,11 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
 
 
 def hh_split(path: str, eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    from reward_trainer.evaluation import pairs_from_rows
+    from reward_trainer.data import split_implicit_prompt
 
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        pairs = pairs_from_rows([json.loads(line) for line in f], source=path)
-    rows = [
-        {"prompt": p, "chosen": c, "rejected": r}
-        for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
-    ]
+    with gzip.open(path, "rt", encoding="utf-8") as f:  # every row, the 4 with an empty final response included
+        split = [split_implicit_prompt(row["chosen"], row["rejected"]) for row in map(json.loads, f)]
+    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in split]
     prompts = sorted({row["prompt"] for row in rows})
     held_out = set(random.Random(seed).sample(prompts, round(eval_fraction * len(prompts))))
     return [r for r in rows if r["prompt"] not in held_out], [r for r in rows if r["prompt"] in held_out]

@@ -251,6 +251,10 @@ def test_evaluate_command_bad_input_exits_2(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "broken.jsonl").write_text('{"chosen": "a", "rejected": "b"}\n{"chosen": \n')
     assert main(base + ["--dataset_name", str(tmp_path / "broken.jsonl")]) == 2
     assert "broken.jsonl" in capsys.readouterr().err
+    assert main(base + ["--dataset_name", bad, "--on_bad_row", "skip"]) == 0  # read as training reads it
+    report = json.loads((tmp_path / "eval_report.json").read_text())
+    assert (report["input_rows"], report["pairs"]) == (2, 1)
+    assert [(r["row"], r["reason"][:17]) for r in report["skipped_rows"]] == [(2, "field 'rejected':")]
     assert main(["evaluate", "--dataset_name", bad]) == 2  # --model_name_or_path is required
 
 
@@ -299,11 +303,20 @@ def test_eval_metrics_reach_tensorboard(tmp_path, monkeypatch):
 
 
 def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
-    from reward_trainer.evaluation import pairs_from_rows
+    """`evaluate` reads HH-RLHF through `data.py`, as training does: the rows with an empty final response are
+    skipped and listed; on the others, its prompt split and "longer wins" count match a count made here."""
+    from reward_trainer.config import EvaluateArguments
+    from reward_trainer.evaluation import read_texts
 
-    with gzip.open(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+    path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    pairs = pairs_from_rows(rows)
+    args = EvaluateArguments(model_name_or_path="unused", dataset_name=[str(path)], on_bad_row="skip")
+    pairs, rankings, accounting = read_texts(args.dataset_name, args)
+    skipped = {r["row"] for r in accounting["skipped_rows"]}
+    assert accounting["input_rows"] == len(rows) == 2312 and accounting["skipped"] == len(skipped) == 4
+    assert not rankings and not any(pairs["tie"]) and not any(pairs["subset"])
+    rows = [row for i, row in enumerate(rows, start=1) if i not in skipped]
     ours = preference_metrics(
         np.zeros(len(rows)),
         np.zeros(len(rows)),
@@ -321,6 +334,6 @@ def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
         for c, r, same in zip(pairs["chosen"], pairs["rejected"], same_prompt)
         if same
     ]
-    assert len(rows) == 2312 and len(wins) == 2307
+    assert len(pairs["chosen"]) == len(rows) == 2308 and len(wins) > 2300
     assert ours_same == wins
     assert 0.40 < ours < 0.50  # the data README: chosen is the longer response in only 44% of rows
