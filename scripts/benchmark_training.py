@@ -119,7 +119,7 @@ def train_one(args) -> dict:
         output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=8,
         num_train_epochs=1, learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, logging_steps=1, eval_strategy="no", save_strategy="no",
-        report_to="none", seed=SEED, use_cpu=True, bf16=False, gradient_checkpointing=False,
+        report_to="none", seed=args.order_seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
         dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     dataset = Dataset.from_list(train_pairs)
@@ -203,6 +203,10 @@ def main(argv=None) -> None:
         choices=["group_by_length", "random"],
         help="Our training order; `random` is the stock Trainer's, the same batches as TRL's.",
     )
+    parser.add_argument(
+        "--order-seed", type=int, default=SEED, help="Trainer seed (the order of the pairs); the model's init stays."
+    )
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
@@ -222,11 +226,11 @@ def main(argv=None) -> None:
     )
     results = []
     for backbone in args.backbones:
-        runs = {system: [] for system in SYSTEMS}
+        runs = {system: [] for system in args.systems}
         for _ in range(args.repeats):  # alternate the systems, so both see the same spells of load
-            for system in SYSTEMS:
+            for system in args.systems:
                 runs[system].append(run_worker(argv, backbone, system))
-        for system in SYSTEMS:
+        for system in args.systems:
             result = min(runs[system], key=lambda r: r["train_seconds"])  # the run least slowed by other jobs
             result["train_seconds_all_repeats"] = [r["train_seconds"] for r in runs[system]]
             useful_flops = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
@@ -235,14 +239,6 @@ def main(argv=None) -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
 
-    by = {(r["backbone"], r["system"]): r for r in results}
-    for b in args.backbones:
-        ours, theirs = by[b, "reward_trainer"]["train_losses"], by[b, "trl"]["train_losses"]
-        by[b, "reward_trainer"]["max_loss_diff_vs_trl"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
-    speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
-    cpu_speedup = {
-        b: by[b, "reward_trainer"]["pairs_per_cpu_s"] / by[b, "trl"]["pairs_per_cpu_s"] for b in args.backbones
-    }
     header = (
         f"{'backbone':8} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
         f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
@@ -255,28 +251,40 @@ def main(argv=None) -> None:
             f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
             f"{r['useful_mfu_cpu_time']:7.1%}"
         )
+    report = {"results": results, "matmul_flops": peak, "matmul_flops_per_cpu_second": peak_cpu, "argv": sys.argv[1:]}
+    if len(args.systems) == 2:
+        report |= compare(results, args)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def compare(results: list[dict], args) -> dict:
+    """Speedups, and how far our losses and accuracies are from TRL's; printed and returned."""
+    by = {(r["backbone"], r["system"]): r for r in results}
+    for b in args.backbones:
+        ours, theirs = by[b, "reward_trainer"]["train_losses"], by[b, "trl"]["train_losses"]
+        by[b, "reward_trainer"]["max_loss_diff_vs_trl"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
+    speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
+    cpu_speedup = {
+        b: by[b, "reward_trainer"]["pairs_per_cpu_s"] / by[b, "trl"]["pairs_per_cpu_s"] for b in args.backbones
+    }
+    accuracy_diff = {
+        b: by[b, "reward_trainer"]["eval_accuracy"] - by[b, "trl"]["eval_accuracy"] for b in args.backbones
+    }
     print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
     print("speedup vs TRL (pairs per CPU-second): " + ", ".join(f"{b} {s:.2f}x" for b, s in cpu_speedup.items()))
     print(
         f"our order: {args.sampling}; eval accuracy ours - TRL: "
-        + ", ".join(
-            f"{b} {by[b, 'reward_trainer']['eval_accuracy'] - by[b, 'trl']['eval_accuracy']:+.3f}"
-            for b in args.backbones
-        )
+        + ", ".join(f"{b} {d:+.3f}" for b, d in accuracy_diff.items())
         + "; largest per-step train-loss difference: "
         + ", ".join(f"{b} {by[b, 'reward_trainer']['max_loss_diff_vs_trl']:.2e}" for b in args.backbones)
     )
-    if args.output:
-        report = {
-            "results": results,
-            "speedup_vs_trl": speedup,
-            "speedup_vs_trl_cpu_time": cpu_speedup,
-            "matmul_flops": peak,
-            "matmul_flops_per_cpu_second": peak_cpu,
-            "argv": sys.argv[1:],
-        }
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+    return {
+        "speedup_vs_trl": speedup,
+        "speedup_vs_trl_cpu_time": cpu_speedup,
+        "eval_accuracy_diff_vs_trl": accuracy_diff,
+    }
 
 
 if __name__ == "__main__":
