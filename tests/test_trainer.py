@@ -1,5 +1,6 @@
 """RewardTrainer: gradient accumulation, evaluation metrics, and an end-to-end run reloaded by plain transformers."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -73,6 +74,42 @@ def test_gradient_accumulation_is_exact_with_unequal_pair_weights(tmp_path):
     accumulated = first_step_gradients(tmp_path, batch_size=2, accumulation=2, weights=weights)
     for name in full:
         torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_given_trls_batches_the_losses_are_trls(tmp_path):
+    """Same model, same pairs, the stock random order: TRL's RewardTrainer and ours (prefix sharing, row packing)
+    log the same loss at every step and end with the same weights: the same objective, computed differently."""
+    from trl import RewardConfig as TRLConfig
+    from trl import RewardTrainer as TRLTrainer
+
+    torch.manual_seed(0)
+    model, tokenizer = load_reward_model(ModelArguments())
+    pairs = load_preference_data(DataArguments(num_synthetic_pairs=48), tokenizer, seed=0).train
+    pairs = pairs.select_columns(["chosen_ids", "rejected_ids"])
+    common = dict(
+        per_device_train_batch_size=8, max_steps=6, learning_rate=1e-3, logging_steps=1, eval_strategy="no",
+        save_strategy="no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True, bf16=False,
+    )  # fmt: skip
+    runs = {}
+    for name, trainer_class, config in (
+        ("trl", TRLTrainer, TRLConfig(tmp_path / "trl", gradient_checkpointing=False, **common)),
+        ("ours", RewardTrainer, RewardConfig(tmp_path / "ours", train_sampling_strategy="random", **common)),
+    ):
+        trained = copy.deepcopy(model)
+        trainer = trainer_class(model=trained, args=config, train_dataset=pairs, processing_class=tokenizer)
+        trainer.train()
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        runs[name] = losses, {n: p.detach().clone() for n, p in trained.named_parameters()}
+        if name == "ours":
+            assert type(trainer.data_collator).__name__ == "PrefixSharingCollator"
+    assert len(runs["ours"][0]) == len(runs["trl"][0]) == 6
+    assert runs["ours"][0] == pytest.approx(runs["trl"][0], abs=1e-5)
+    # Adam divides by the root of the squared gradients, so a weight whose gradient is ~0 moves by up to the
+    # learning rate on a difference in the 7th digit: bound the largest difference by half of one step (1e-3).
+    largest = max(float((p - runs["trl"][1][n]).abs().max()) for n, p in runs["ours"][1].items())
+    assert largest < 5e-4, largest
+    moved = max(float((p - runs["ours"][1][n]).abs().max()) for n, p in model.named_parameters())
+    assert moved > 4 * largest and moved > 2e-3, "training did not move the weights"
 
 
 def test_compute_metrics_counts_ties_as_half():
