@@ -33,6 +33,7 @@ Whole-file problems (a missing or empty file, a JSON array that does not parse) 
 """
 
 import bisect
+import codecs
 import copy
 import gzip
 import hashlib
@@ -317,20 +318,65 @@ def _json_lines(path: str, stamp: tuple):
                 }
 
 
-def _json_array(path: str, stamp: tuple):
+def _json_array(path: str, stamp: tuple, chunk_size: int = 1 << 20):
+    """Yields one raw row per element of a JSON array, reading the file a chunk at a time: memory stays flat.
+
+    Elements are decoded one by one (`json.JSONDecoder.raw_decode`); a malformed array stops the run with the
+    line of the error, as there is no telling where its next row would start.
+    """
+    decoder, utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
+    buffer, start, first_line, eof = "", 0, 1, False  # first_line: the line number of buffer[0]
+
+    def line() -> int:
+        return first_line + buffer.count("\n", 0, start)
+
+    def fill(f) -> None:
+        nonlocal buffer, start, first_line, eof
+        chunk = f.read(chunk_size)
+        eof = not chunk
+        try:
+            text = utf8.decode(chunk, final=eof)
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: line {first_line + buffer.count(chr(10))}: invalid UTF-8") from None
+        first_line = line()
+        buffer, start = buffer[start:] + text, 0
+
+    def next_char(f) -> str:  # skips whitespace; "" at the end of the file
+        nonlocal start
+        while True:
+            while start < len(buffer) and buffer[start] in " \t\r\n":
+                start += 1
+            if start < len(buffer) or eof:
+                return buffer[start : start + 1]
+            fill(f)
+
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        records = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: invalid UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
-    if not isinstance(records, list):
-        records = [records]
-    for number, record in enumerate(records, start=1):
-        yield {"_row": number, "_json": json.dumps(record), "_error": ""}
+        if next_char(f) != "[":
+            raise DataError(f"{path}: line {line()}: malformed JSON (expected an array)")
+        start += 1
+        number = 0
+        while (char := next_char(f)) != "]":
+            if number:
+                if char != ",":
+                    raise DataError(f"{path}: line {line()}: malformed JSON (expected ',' or ']' after row {number})")
+                start += 1
+                next_char(f)
+            while True:  # decode one element, reading on while it may be cut by the chunk's end
+                try:
+                    record, end = decoder.raw_decode(buffer, start)
+                    if end < len(buffer) or eof:  # a value at the very end may go on (a number)
+                        break
+                except json.JSONDecodeError as err:
+                    if eof:
+                        raise DataError(
+                            f"{path}: line {first_line + err.lineno - 1}: malformed JSON ({err.msg})"
+                        ) from None
+                fill(f)
+            number, start = number + 1, end
+            yield {"_row": number, "_json": json.dumps(record), "_error": ""}
+        start += 1
+        if next_char(f):
+            raise DataError(f"{path}: line {line()}: malformed JSON (extra data after the array)")
 
 
 def read_json_lines(path: str, cache_dir: str | None = None) -> Dataset:

@@ -74,6 +74,28 @@ def test_common_prefix_length_matches_os_path_commonprefix():
         assert data.common_prefix_length(a, b) == len(os.path.commonprefix([a, b])), (a, b)
 
 
+def test_json_array_is_read_element_by_element_whatever_the_chunk_size(tmp_path):
+    """Streamed in chunks as small as one byte: numbers, multi-byte UTF-8 and nesting cut anywhere read whole."""
+    records = [
+        {"prompt": "Qé 🙂", "chosen": " a", "rejected": " b", "margin": 12345.5},
+        {"prompt": "Q2", "chosen": ' ["x", {}]', "rejected": " c", "scores": [1, -20]},
+        1234,  # a top-level number: a chunk may end inside it
+        {"nested": {"list": [1, 2, {"deep": "ü"}]}},
+    ]
+    path = tmp_path / "a.json"
+    path.write_text(
+        "[\n" + ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n] \n", encoding="utf-8"
+    )
+    for chunk_size in (1, 2, 3, 7, 1 << 20):
+        rows = list(data._json_array(str(path), None, chunk_size=chunk_size))
+        assert [json.loads(r["_json"]) for r in rows] == records, chunk_size
+        assert [r["_row"] for r in rows] == [1, 2, 3, 4]
+    for text, line in (("[{}, {} {}]", 1), ("[{},\n\n{]", 3), ("[{}] x", 1)):
+        path.write_text(text)
+        with pytest.raises(DataError, match=f"line {line}: malformed JSON"):
+            list(data._json_array(str(path), None, chunk_size=2))
+
+
 def test_split_implicit_prompt_at_the_last_shared_assistant_turn():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: sure"
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and?\n\nAssistant: no"
@@ -291,6 +313,31 @@ def test_a_saved_dataset_dict_uses_its_own_eval_split(tmp_path, tiny_tokenizer):
     )
     result = load(tmp_path / "dd", tiny_tokenizer, tmp_path, eval_fraction=0.5)
     assert len(result.train) == 10 and len(result.eval) == 4
+
+
+def test_a_hub_name_goes_to_load_dataset_with_its_config_and_splits(tmp_path, tiny_tokenizer, monkeypatch):
+    """No network in tests: `datasets.load_dataset` is replaced by what the Hub would give for an HH-style name."""
+    hub = DatasetDict({
+        "train": Dataset.from_list([{"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes {i}",
+                                     "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}"} for i in range(6)]),
+        "test": Dataset.from_list([{"chosen": "\n\nHuman: t\n\nAssistant: ok", "rejected": "\n\nHuman: t\n\nAssistant: bad"}]),
+    })  # fmt: skip
+    calls = []
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: calls.append((a, k)) or hub)
+    result = load("Anthropic/hh-rlhf", tiny_tokenizer, tmp_path, dataset_config="harmless-base")
+    assert calls[0][0] == ("Anthropic/hh-rlhf", "harmless-base")
+    assert len(result.train) == 6 and len(result.eval) == 1  # the dataset's own test split is the eval set
+    assert result.train[0]["chosen_ids"] == ids(tiny_tokenizer, "\n\nHuman: q0\n\nAssistant: yes 0")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Anthropic/hh-rlhf' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setattr(data, "load_dataset", offline)
+    with pytest.raises(
+        DataError, match=r"^cannot load dataset 'Anthropic/hh-rlhf' from the Hub: Couldn't reach"
+    ) as err:
+        load("Anthropic/hh-rlhf", tiny_tokenizer, tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_mixture_weights_take_a_fraction_of_each_source(tmp_path, tiny_tokenizer):
