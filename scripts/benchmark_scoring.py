@@ -63,10 +63,6 @@ def seed_loop(model, tokenizer, texts: list[str], max_length: int) -> list[float
     return rewards
 
 
-def lengths_as_rows(lengths: list[int]) -> list[list[int]]:
-    return [[0] * n for n in lengths]  # `RewardScorer.batches` looks only at the lengths
-
-
 def padded_tokens(lengths: list[int], batch_size: int) -> int:
     """Tokens a pipeline runs with batches of `batch_size` texts in the given order, each padded to its longest."""
     return sum(
@@ -108,10 +104,9 @@ def main():
         scorer = RewardScorer.from_pretrained(path, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
         model, tokenizer = scorer.model, scorer.tokenizer
         tokenizer.truncation_side = "left"  # all three methods keep the end of a long conversation
-        lengths = [min(len(ids), args.max_length) for ids in tokenizer(texts)["input_ids"]]
-        ours_tokens = sum(
-            len(batch) * max(lengths[i] for i in batch) for batch in scorer.batches(lengths_as_rows(lengths))
-        )
+        rows = [ids[-args.max_length :] for ids in tokenizer(texts)["input_ids"]]  # the lengths the scorer will see
+        lengths = [len(ids) for ids in rows]
+        ours_tokens = sum(len(batch) * max(lengths[i] for i in batch) for batch in scorer.batches(rows))
 
         scorer.score_texts(texts[:32])  # warm-up
         ours, ours_s, ours_cpu = timed(lambda: scorer.score_texts(texts))
