@@ -15,32 +15,24 @@ import json
 import logging
 import os
 import re
-import struct
 import zipfile
 
-from .cli import UsageError
+from safetensors import SafetensorError, safe_open
+from transformers.trainer_utils import sort_checkpoints
+
+from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
 
 def safetensors_problem(path: str) -> str | None:
-    """Why a .safetensors file is unreadable (bad header, or shorter than its header says), or None."""
-    size = os.path.getsize(path)
-    if size < 8:
-        return f"{os.path.basename(path)} is truncated ({size} bytes)"
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))  # safetensors: u64 little-endian header size, JSON header
-        if 8 + header_len > size:
-            return f"{os.path.basename(path)} is truncated (header needs {8 + header_len} bytes, file has {size})"
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError:
-            return f"{os.path.basename(path)} has an unreadable header"
-    data_end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if size != 8 + header_len + data_end:
-        return f"{os.path.basename(path)} is truncated ({size} bytes, header says {8 + header_len + data_end})"
+    """Why a .safetensors file is unreadable (bad header, or shorter than its header says), or None.
+    `safe_open` validates the header against the file's size and reads no tensor data."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as err:
+        return f"{os.path.basename(path)} is truncated or corrupt ({str(err).splitlines()[0]})"
     return None
 
 
@@ -88,17 +80,11 @@ def checkpoint_problems(checkpoint: str) -> list[str]:
     return problems
 
 
-def list_checkpoints(output_dir: str) -> list[str]:
-    """The `checkpoint-N` folders of `output_dir`, newest (highest N) first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_PATTERN.match(name))]
-    return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
-
-
 def find_resume_checkpoint(output_dir: str) -> str | None:
     """The newest complete checkpoint in `output_dir`, or None; warns about each incomplete one it skips."""
-    for checkpoint in list_checkpoints(output_dir):
+    if not os.path.isdir(output_dir):
+        return None
+    for checkpoint in reversed(sort_checkpoints(output_dir)):  # the stock Trainer's order, oldest first
         problems = checkpoint_problems(checkpoint)
         if not problems:
             return checkpoint

@@ -16,14 +16,10 @@ from collections.abc import Callable
 import yaml
 from transformers import HfArgumentParser
 
-from .config import DataArguments, EvaluateArguments, ModelArguments, RewardConfig
+from .config import DataArguments, EvaluateArguments, ModelArguments, RewardConfig, ServeArguments
+from .errors import DataError, ModelLoadError, NonFiniteLossError, UsageError
 
 EXIT_BAD_INPUT = 2
-
-
-class UsageError(ValueError):
-    """A bad command line or configuration file."""
-
 
 class _Parser(HfArgumentParser):
     def error(self, message):  # argparse prints the whole usage and exits; we want one line
@@ -74,10 +70,6 @@ def parse_args(argv: list[str], dataclass_types=(ModelArguments, DataArguments, 
 def run_and_report_errors(fn: Callable[[], object]) -> int:
     """Runs `fn`; bad input becomes one line on stderr and exit code 2 instead of a traceback, and a
     diverged run (non-finite loss) one line and exit code 1."""
-    from .data import DataError
-    from .modeling import ModelLoadError
-    from .trainer import NonFiniteLossError
-
     try:
         fn()
     except (UsageError, DataError, ModelLoadError) as err:
@@ -105,8 +97,7 @@ def serve_main(argv: list[str]) -> int:
             import uvicorn  # noqa: F401
         except ImportError as err:
             raise UsageError(f"`serve` needs the serve extra: pip install 'reward-trainer[serve]' ({err})") from None
-        from .modeling import ModelLoadError
-        from .server import ServeArguments, serve
+        from .server import serve
 
         (args,) = parse_args(argv, (ServeArguments,))
         try:
@@ -119,7 +110,8 @@ def serve_main(argv: list[str]) -> int:
 
 def evaluate_main(argv: list[str]) -> int:
     def run():
-        from .evaluation import REPORT_JSON, evaluate_model
+        from .evaluation import evaluate_model
+        from .report import REPORT_JSON
 
         (args,) = parse_args(argv, dataclass_types=(EvaluateArguments,))
         report = evaluate_model(args)

@@ -10,8 +10,6 @@ RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after t
 PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
 # Integers that tell evaluation where a pair comes from: its prompt (row), its subset, its responses' places in the row.
 INDEX_COLUMNS = ("group", "subset", "chosen_response", "rejected_response")
-# The label columns of `RewardTrainer.prediction_step`, in order, for `compute_metrics`; -1 where the data has none.
-LABEL_COLUMNS = ("tie", *RESPONSE_LENGTH_COLUMNS, *INDEX_COLUMNS)
 
 
 @dataclass
@@ -19,8 +17,8 @@ class PreferenceCollator:
     """Pads chosen and rejected sequences of a batch together, to the longest one in the batch.
 
     Rows carry `chosen_ids` and `rejected_ids` (token ids of prompt + response, special tokens included),
-    and optionally the float `PAIR_COLUMNS` (`margin`, `weight`, `tie`, ...) and the integer `INDEX_COLUMNS`. Padding is dynamic (never to `max_length`), on the right,
-    rounded up to `pad_to_multiple_of`. The chosen sequences come first, then the rejected ones:
+    and optionally the float `PAIR_COLUMNS` (`margin`, `weight`, `tie`, ...) and the integer `INDEX_COLUMNS`.
+    Padding is dynamic (never to `max_length`), on the right, rounded up to `pad_to_multiple_of`. The chosen sequences come first, then the rejected ones:
 
     >>> collator = PreferenceCollator(pad_token_id=0)
     >>> collator([
@@ -55,15 +53,23 @@ class PreferenceCollator:
         return batch | pair_columns(rows)
 
     def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        length = max(len(ids) for ids in sequences)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)  # (2B, T)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for i, ids in enumerate(sequences):
-            input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-            attention_mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return pad_sequences(sequences, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+
+
+def pad_sequences(
+    sequences: list[list[int]], pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` (N, T) of id lists padded to the longest (rounded up to a multiple)."""
+    length = max(len(ids) for ids in sequences)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        span = slice(0, len(ids)) if padding_side == "right" else slice(length - len(ids), length)
+        input_ids[i, span] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def pair_columns(rows: list[dict]) -> dict[str, torch.Tensor]:

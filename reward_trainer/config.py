@@ -1,4 +1,4 @@
-"""Configuration dataclasses: what model, what data, how to train.
+"""Configuration dataclasses: what model, what data, how to train, evaluate and serve.
 
 Configuration flows one way: YAML recipe -> `HfArgumentParser` over these dataclasses -> trainer.
 """
@@ -10,6 +10,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 BUILTIN_MODEL = "builtin:tiny-gpt2"
 BUILTIN_DATASET = "builtin:code-book"
+DATA_FORMATS = ("explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping")
 
 
 @dataclass
@@ -105,7 +106,7 @@ class DataArguments:
         default="auto",
         metadata={
             "help": "Format of the rows; `auto` detects it from the columns (see the class docstring).",
-            "choices": ["auto", "explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping"],
+            "choices": ["auto", *DATA_FORMATS],
         },
     )
     column_mapping: str | None = field(
@@ -283,3 +284,30 @@ class EvaluateArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+
+@dataclass
+class ServeArguments:
+    """Options of `reward-trainer serve`."""
+
+    model_name_or_path: str = field(metadata={"help": "A reward model saved by `reward-trainer train`."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Interface to bind; `0.0.0.0` exposes the server."})
+    port: int = field(default=8000, metadata={"help": "TCP port."})
+    device: str = field(default="cpu", metadata={"help": "Torch device for the model (`cpu`, `cuda`, `cuda:1`)."})
+    dtype: str = field(
+        default="float32", metadata={"help": "Weights dtype.", "choices": ["float32", "bfloat16", "float16"]}
+    )
+    normalize: bool = field(
+        default=False, metadata={"help": "Return (r - reward_mean) / reward_std, using the stats in config.json."}
+    )
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget of one forward pass, padding included; default 2,048 on CPU, 32,768 on a GPU."
+        },
+    )
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "How long the first request of a batch waits for others to join it."}
+    )
+    max_body_bytes: int = field(default=16 * 2**20, metadata={"help": "Larger request bodies get 413."})
+    max_texts: int = field(default=4096, metadata={"help": "Requests with more texts get 413."})

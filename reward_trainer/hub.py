@@ -9,6 +9,8 @@ import shlex
 import sys
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 TAGS = ["reward-model", "reward-trainer", "bradley-terry", "rlhf"]
 
@@ -50,8 +52,15 @@ def training_command(argv: list[str] | None = None) -> str:
 
 
 def is_hub_id(name: str | None) -> bool:
-    """A Hub repository id (`name` or `org/name`), not a built-in name or a local path."""
-    return bool(name) and not name.startswith("builtin:") and not os.path.exists(name) and name.count("/") <= 1
+    """A Hub repository id (`name` or `org/name`, as `huggingface_hub` validates it), not a built-in name or an
+    existing local path."""
+    if not name or name.startswith("builtin:") or os.path.exists(os.path.expanduser(name)):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def model_card(

@@ -1,31 +1,218 @@
-"""`compute_metrics` for `RewardTrainer`: the evaluation report's metrics at each evaluation during training."""
+"""Every preference metric, as pure functions of numpy arrays, and `compute_metrics`, their `Trainer` adapter.
 
-import functools
+The evaluation report: accuracy with a confidence interval, calibration, length bias, subsets, rankings.
+
+    reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name pairs.jsonl --output_dir OUT
+
+The same code serves `compute_metrics` during training (lengths there are in tokens) and the `evaluate` command
+(lengths in characters). Definitions:
+
+- accuracy: mean over pairs of 1 if r_c > r_r, 0 if r_c < r_r, 0.5 if equal or if annotators called a tie.
+- accuracy_ci95: percentile bootstrap over pairs (resampling pairs with replacement).
+- tie_rate: fraction of pairs the model scores exactly equal.
+- ece: expected calibration error of p = sigmoid(r_c - r_r) over 10 equal-width bins of [0, 1]. Each pair
+  counts in both orientations, (p, y) and (1 - p, 1 - y) with y = 1 (chosen preferred) or 0.5 (a tie), so
+  that the outcome is not always 1: ECE = sum_b |sum_b(y) - sum_b(p)| / (2N), the reliability diagram is
+  symmetric about (0.5, 0.5), and a model that says 0.9 should be right 90% of the time.
+- longer_wins_accuracy: the baseline that prefers the longer response (equal lengths count 0.5).
+- reward_length_spearman: Spearman's rho between reward and response length, chosen and rejected pooled.
+- accuracy_chosen_shorter: accuracy on the pairs whose chosen response is strictly shorter.
+- kendall_tau / spearman_rho (ranked data, K > 2 responses per prompt): tau-b and rho between the model's
+  rewards and the human scores of one prompt's responses, averaged over prompts.
+"""
+
+
+import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 from transformers import EvalPrediction
 
-from .collator import LABEL_COLUMNS
-from .evaluation import (
-    pair_correctness,
-    per_subset_accuracy,
-    preference_metrics,
-    ranking_correlation,
-    rankings_from_pairs,
-)
-
-__all__ = ["compute_metrics", "pair_correctness", "preference_accuracy_metric"]
+N_BINS = 10
+# The label columns of `RewardTrainer.prediction_step`, in order, for `compute_metrics`; -1 where the data has none:
+# the human tie, the response lengths in tokens after the shared prompt, the prompt (`group`), the subset id and
+# each response's place in its row.
+LABEL_COLUMNS = ("tie", "chosen_length", "rejected_length", "group", "subset", "chosen_response", "rejected_response")
 
 
-@functools.cache
-def preference_accuracy_metric():
-    """The shipped `evaluate` module, loaded once per process from its path (offline)."""
-    import evaluate
+def pair_correctness(chosen: np.ndarray, rejected: np.ndarray, human_tie: np.ndarray | None = None) -> np.ndarray:
+    """Per pair: 1 if r_c > r_r, 0 if r_c < r_r, 0.5 for a model tie or a pair the annotators called a tie."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    correct = np.where(chosen > rejected, 1.0, np.where(chosen < rejected, 0.0, 0.5))
+    if human_tie is not None:
+        correct = np.where(np.asarray(human_tie) > 0, 0.5, correct)
+    return correct
 
-    from .evaluate_metrics import PREFERENCE_ACCURACY
 
-    return evaluate.load(PREFERENCE_ACCURACY, keep_in_memory=True)
+
+
+def bootstrap_ci(values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the mean of `values` (`scipy.stats.bootstrap`, resampled in batches so that
+    memory stays at 100 resamples of N values)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return [math.nan, math.nan]
+    if len(values) == 1:  # every resample is that one value
+        return [float(values[0])] * 2
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        batch=100,
+    )
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def reliability_bins(
+    chosen: np.ndarray, rejected: np.ndarray, human_tie: np.ndarray | None = None, n_bins: int = N_BINS
+) -> dict[str, np.ndarray]:
+    """Per bin of p = sigmoid(r_c - r_r), both orientations of each pair: count, sum of p, sum of outcomes."""
+    gap = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    p = 1 / (1 + np.exp(-gap))
+    y = np.ones_like(p) if human_tie is None else np.where(np.asarray(human_tie) > 0, 0.5, 1.0)
+    probs, outcomes = np.concatenate([p, 1 - p]), np.concatenate([y, 1 - y])  # (2N,)
+    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)
+    return {
+        "count": np.bincount(bins, minlength=n_bins),
+        "prob_sum": np.bincount(bins, weights=probs, minlength=n_bins),
+        "outcome_sum": np.bincount(bins, weights=outcomes, minlength=n_bins),
+    }
+
+
+def expected_calibration_error(
+    chosen: np.ndarray, rejected: np.ndarray, human_tie: np.ndarray | None = None, n_bins: int = N_BINS
+) -> float:
+    """sum over bins of (n_b / 2N) * |mean outcome - mean p| (see the module docstring)."""
+    bins = reliability_bins(chosen, rejected, human_tie, n_bins)
+    total = bins["count"].sum()
+    return float(np.abs(bins["outcome_sum"] - bins["prob_sum"]).sum() / total) if total else math.nan
+
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (`scipy.stats.spearmanr`); NaN when either side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
+
+
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b, adjusted for ties (`scipy.stats.kendalltau`); NaN when either side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.kendalltau(x, y).statistic)
+
+
+def ranking_correlation(model_scores: Sequence[np.ndarray], human_scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """Kendall's tau-b and Spearman's rho per prompt, averaged over the prompts where both are defined."""
+    taus = [kendall_tau(m, h) for m, h in zip(model_scores, human_scores)]
+    rhos = [spearman(m, h) for m, h in zip(model_scores, human_scores)]
+    return {
+        "kendall_tau": _nanmean(taus),
+        "spearman_rho": _nanmean(rhos),
+        "ranked_prompts": len(taus),
+    }
+
+
+def rankings_from_pairs(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    group: np.ndarray,
+    chosen_response: np.ndarray,
+    rejected_response: np.ndarray,
+    min_responses: int = 3,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each prompt's responses rebuilt from its pairs, for `ranking_correlation`: (model scores, human scores).
+
+    A response is identified by its prompt (`group`) and its place in that prompt's row; its model score is
+    its reward (the mean over its pairs, which differ only by float noise from padding), its human score the
+    number of responses it was preferred to. That count orders the responses exactly as the annotators'
+    scores do (a higher score beats every response the lower one beats, and that one too), so Kendall's tau-b
+    and Spearman's rho, which depend on the order only, equal those of the scores. Prompts with fewer than
+    `min_responses` responses are left out (two responses are a pair, not a ranking).
+    """
+    total, count, wins = {}, {}, {}
+    for g, c, r, reward_c, reward_r in zip(group, chosen_response, rejected_response, chosen, rejected):
+        for response, reward, won in (((g, c), reward_c, 1), ((g, r), reward_r, 0)):
+            total[response] = total.get(response, 0.0) + reward
+            count[response] = count.get(response, 0) + 1
+            wins[response] = wins.get(response, 0) + won
+    responses: dict = {}
+    for g, place in sorted(total):
+        responses.setdefault(g, []).append((g, place))
+    model_scores, human_scores = [], []
+    for members in responses.values():
+        if len(members) >= min_responses:
+            model_scores.append(np.array([total[m] / count[m] for m in members]))
+            human_scores.append(np.array([wins[m] for m in members], dtype=np.float64))
+    return model_scores, human_scores
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def longer_wins_accuracy(chosen_length: np.ndarray, rejected_length: np.ndarray, human_tie=None) -> float:
+    """Accuracy of the baseline that prefers the longer response: `pair_correctness` of the lengths."""
+    return float(pair_correctness(chosen_length, rejected_length, human_tie).mean())
+
+
+def preference_metrics(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    chosen_length: np.ndarray | None = None,
+    rejected_length: np.ndarray | None = None,
+    human_tie: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, float | list[float]]:
+    """All pairwise metrics of the module docstring, as a flat dict (the length ones need lengths)."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    correct = pair_correctness(chosen, rejected, human_tie)
+    metrics = {
+        "pairs": len(chosen),
+        "accuracy": float(correct.mean()),
+        "accuracy_ci95": bootstrap_ci(correct, seed=seed),
+        "tie_rate": float((chosen == rejected).mean()),
+        "human_tie_rate": 0.0 if human_tie is None else float((np.asarray(human_tie) > 0).mean()),
+        "ece": expected_calibration_error(chosen, rejected, human_tie),
+        "margin": float((chosen - rejected).mean()),
+        "chosen_reward_mean": float(chosen.mean()),
+        "chosen_reward_std": float(chosen.std()),
+        "rejected_reward_mean": float(rejected.mean()),
+        "rejected_reward_std": float(rejected.std()),
+    }
+    if chosen_length is not None and rejected_length is not None:
+        chosen_length, rejected_length = np.asarray(chosen_length), np.asarray(rejected_length)
+        shorter = chosen_length < rejected_length
+        metrics |= {
+            "longer_wins_accuracy": longer_wins_accuracy(chosen_length, rejected_length, human_tie),
+            "reward_length_spearman": spearman(
+                np.concatenate([chosen, rejected]), np.concatenate([chosen_length, rejected_length])
+            ),
+            "accuracy_chosen_shorter": float(correct[shorter].mean()) if shorter.any() else math.nan,
+            "chosen_shorter_pairs": int(shorter.sum()),
+        }
+    return metrics
+
+
+def per_subset_accuracy(correct: np.ndarray, subsets: Sequence[str], seed: int = 0) -> dict[str, dict]:
+    """`{subset: {"pairs", "accuracy", "accuracy_ci95"}}`, in sorted order of the subset names."""
+    subsets = np.asarray([str(s) for s in subsets])
+    report = {}
+    for name in sorted(set(subsets)):
+        values = correct[subsets == name]
+        report[name] = {
+            "pairs": len(values),
+            "accuracy": float(values.mean()),
+            "accuracy_ci95": bootstrap_ci(values, seed=seed),
+        }
+    return report
 
 
 def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = None) -> dict[str, float]:
@@ -33,7 +220,7 @@ def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = N
     accuracy per subset and, for ranked data, Kendall's tau and Spearman's rho averaged over prompts.
 
     `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected. `label_ids` is (N,), 1 where the
-    annotators called the pair a tie, or (N, k) with the first k of `collator.LABEL_COLUMNS` (what
+    annotators called the pair a tie, or (N, k) with the first k of `LABEL_COLUMNS` (what
     `RewardTrainer.prediction_step` returns, all of them; -1 where the data has none): tie, the response
     lengths in tokens (the text is not at hand here, so the length metrics count tokens where `reward-trainer
     evaluate` counts characters), the prompt (`group`), the subset id, and each response's place in its row.
@@ -50,10 +237,6 @@ def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = N
     if any(length is None or (length < 0).any() for length in lengths):
         lengths = [None, None]
     metrics = preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
-    ties = np.zeros_like(chosen) if human_tie is None else human_tie
-    metrics["accuracy"] = preference_accuracy_metric().compute(
-        chosen_rewards=chosen, rejected_rewards=rejected, ties=ties
-    )["accuracy"]
     metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
     metrics["num_pairs"] = metrics.pop("pairs")  # pairs scored: under DDP, shows none were duplicated or dropped
 

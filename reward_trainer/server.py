@@ -15,34 +15,8 @@ import asyncio
 import contextlib
 import json
 import threading
-from dataclasses import dataclass, field
 
-
-@dataclass
-class ServeArguments:
-    """Options of `reward-trainer serve`."""
-
-    model_name_or_path: str = field(metadata={"help": "A reward model saved by `reward-trainer train`."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Interface to bind; `0.0.0.0` exposes the server."})
-    port: int = field(default=8000, metadata={"help": "TCP port."})
-    device: str = field(default="cpu", metadata={"help": "Torch device for the model (`cpu`, `cuda`, `cuda:1`)."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Weights dtype.", "choices": ["float32", "bfloat16", "float16"]}
-    )
-    normalize: bool = field(
-        default=False, metadata={"help": "Return (r - reward_mean) / reward_std, using the stats in config.json."}
-    )
-    max_batch_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Token budget of one forward pass, padding included; default 2,048 on CPU, 32,768 on a GPU."
-        },
-    )
-    max_wait_ms: float = field(
-        default=5.0, metadata={"help": "How long the first request of a batch waits for others to join it."}
-    )
-    max_body_bytes: int = field(default=16 * 2**20, metadata={"help": "Larger request bodies get 413."})
-    max_texts: int = field(default=4096, metadata={"help": "Requests with more texts get 413."})
+from .config import ServeArguments
 
 
 class RequestError(Exception):

@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
-from .data import load_preference_data, write_report
+from .data import load_preference_data, write_data_report
 from .metrics import compute_metrics
 from .modeling import add_lora, load_reward_model, save_lora_model
 from .scorer import store_reward_normalization
@@ -47,8 +47,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
     if training_args.should_save:
-        write_report(data.report, training_args.output_dir)
-    logger.info("data: %s", data.report)
+        write_data_report(data.report, training_args.output_dir)
 
     # The eval pairs carry subset ids; their names (the `ClassLabel`) make the keys `eval_accuracy/<name>`.
     subsets = data.eval.features["subset"].names if data.eval is not None and "subset" in data.eval.features else None

@@ -7,8 +7,10 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import INDEX_COLUMNS, LABEL_COLUMNS, PAIR_COLUMNS, PrefixSharingCollator, collator_for
+from .collator import INDEX_COLUMNS, PAIR_COLUMNS, PrefixSharingCollator, collator_for
+from .errors import NonFiniteLossError
 from .loss import bradley_terry_loss
+from .metrics import LABEL_COLUMNS
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
@@ -48,15 +50,11 @@ class PairLengthSampler(Sampler[int]):
             yield from batches[b]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; raised before that step updates the weights."""
-
-
 class RewardTrainer(Trainer):
     """Trains a scalar-head model on preference pairs batched by `PreferenceCollator`.
 
     Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
-    pair for `compute_metrics`, with the `collator.LABEL_COLUMNS` as labels: human tie, response lengths,
+    pair for `compute_metrics`, with the `metrics.LABEL_COLUMNS` as labels: human tie, response lengths,
     prompt, subset and response places) and the count of pairs used to scale the loss under gradient
     accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.

@@ -18,7 +18,9 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from reward_trainer.config import DataArguments
-from reward_trainer.data import FormatSpec, drop_bad_rows, expand_pairs, normalize, resolve_format, tokenize
+from reward_trainer.data.formats import FormatSpec, drop_bad_rows, normalize, resolve_format
+from reward_trainer.data.pairs import expand_pairs
+from reward_trainer.data.tokenizing import tokenize
 
 
 def load_tokenizer():

@@ -417,7 +417,7 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     from huggingface_hub import HfApi, ModelCard, RepoUrl
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from reward_trainer.evaluation import pair_correctness
+    from reward_trainer.metrics import pair_correctness
     from reward_trainer.quickstart import make_pairs
 
     hub, calls = tmp_path / "hub", []

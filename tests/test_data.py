@@ -11,16 +11,13 @@ import pytest
 from datasets import Dataset, DatasetDict
 from transformers import BertTokenizerFast
 
-import reward_trainer.data as data
+import reward_trainer.data.sources as sources
+import reward_trainer.data.tokenizing as tokenizing
 from reward_trainer.config import DataArguments
-from reward_trainer.data import (
-    DataError,
-    detect_format,
-    load_preference_data,
-    split_implicit_prompt,
-    truncate_keep_end,
-    write_report,
-)
+from reward_trainer.data import load_preference_data, split_implicit_prompt, write_data_report
+from reward_trainer.data.formats import common_prefix_length, detect_format, prompt_bucket
+from reward_trainer.data.tokenizing import truncate_keep_end
+from reward_trainer.errors import DataError
 
 BUCKETS = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
 
@@ -71,7 +68,7 @@ def test_common_prefix_length_matches_os_path_commonprefix():
     for _ in range(500):
         a = "".join(rng.choice("ab\n") for _ in range(rng.randrange(12)))
         b = a[: rng.randrange(len(a) + 1)] + "".join(rng.choice("ab\n") for _ in range(rng.randrange(12)))
-        assert data.common_prefix_length(a, b) == len(os.path.commonprefix([a, b])), (a, b)
+        assert common_prefix_length(a, b) == len(os.path.commonprefix([a, b])), (a, b)
 
 
 def test_json_array_is_read_element_by_element_whatever_the_chunk_size(tmp_path):
@@ -87,13 +84,13 @@ def test_json_array_is_read_element_by_element_whatever_the_chunk_size(tmp_path)
         "[\n" + ",\n  ".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n] \n", encoding="utf-8"
     )
     for chunk_size in (1, 2, 3, 7, 1 << 20):
-        rows = list(data._json_array(str(path), None, chunk_size=chunk_size))
+        rows = list(sources.json_array_rows(str(path), None, chunk_size=chunk_size))
         assert [json.loads(r["_json"]) for r in rows] == records, chunk_size
         assert [r["_row"] for r in rows] == [1, 2, 3, 4]
     for text, line in (("[{}, {} {}]", 1), ("[{},\n\n{]", 3), ("[{}] x", 1)):
         path.write_text(text)
         with pytest.raises(DataError, match=f"line {line}: malformed JSON"):
-            list(data._json_array(str(path), None, chunk_size=2))
+            list(sources.json_array_rows(str(path), None, chunk_size=2))
 
 
 def test_split_implicit_prompt_at_the_last_shared_assistant_turn():
@@ -166,10 +163,10 @@ def test_keep_end_gives_the_same_ids_whether_the_prompt_was_encoded_apart_or_not
         "responses": [[" e f", " g"], [" red", " sky blue"], [" z z z z z z z z", " w"]],
     })  # fmt: skip
     for tokenizer in (tiny_tokenizer, word_tokenizer):
-        affixes = data.special_affixes(tokenizer)
+        affixes = tokenizing.special_affixes(tokenizer)
         for max_length in (3, 4, 6):
-            apart = data._tokenize_batch(batch, data.Encoder(tokenizer, True), max_length, "keep_end", affixes)
-            whole = data._tokenize_batch(batch, data.Encoder(tokenizer), max_length, "keep_end", None)
+            apart = tokenizing.tokenize_batch(batch, tokenizing.Encoder(tokenizer, True), max_length, "keep_end", affixes)
+            whole = tokenizing.tokenize_batch(batch, tokenizing.Encoder(tokenizer), max_length, "keep_end", None)
             assert apart["ids"].to_pylist() == whole["ids"].to_pylist(), (tokenizer, max_length)
             assert "truncated" in apart["_status"].to_pylist()
 
@@ -323,7 +320,7 @@ def test_a_hub_name_goes_to_load_dataset_with_its_config_and_splits(tmp_path, ti
         "test": Dataset.from_list([{"chosen": "\n\nHuman: t\n\nAssistant: ok", "rejected": "\n\nHuman: t\n\nAssistant: bad"}]),
     })  # fmt: skip
     calls = []
-    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: calls.append((a, k)) or hub)
+    monkeypatch.setattr(sources, "load_dataset", lambda *a, **k: calls.append((a, k)) or hub)
     result = load("Anthropic/hh-rlhf", tiny_tokenizer, tmp_path, dataset_config="harmless-base")
     assert calls[0][0] == ("Anthropic/hh-rlhf", "harmless-base")
     assert len(result.train) == 6 and len(result.eval) == 1  # the dataset's own test split is the eval set
@@ -332,7 +329,7 @@ def test_a_hub_name_goes_to_load_dataset_with_its_config_and_splits(tmp_path, ti
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'Anthropic/hh-rlhf' on the Hub (LocalEntryNotFoundError)\nmore")
 
-    monkeypatch.setattr(data, "load_dataset", offline)
+    monkeypatch.setattr(sources, "load_dataset", offline)
     with pytest.raises(
         DataError, match=r"^cannot load dataset 'Anthropic/hh-rlhf' from the Hub: Couldn't reach"
     ) as err:
@@ -372,7 +369,7 @@ def test_split_by_prompt_is_deterministic_and_disjoint(tmp_path, tiny_tokenizer)
     train_prompts, eval_prompts = prompt_of(first.train), prompt_of(first.eval)
     assert train_prompts and eval_prompts and not train_prompts & eval_prompts
     assert first.eval["chosen_ids"] == again.eval["chosen_ids"]
-    expected_eval = {p["prompt"] for p in pairs(60) if data.prompt_bucket(p["prompt"], 42) < 0.3}  # recomputed here
+    expected_eval = {p["prompt"] for p in pairs(60) if prompt_bucket(p["prompt"], 42) < 0.3}  # recomputed here
     assert len(first.eval) == 3 * len(expected_eval)
 
 
@@ -403,7 +400,7 @@ def test_report_is_written_and_adds_up(tmp_path, tiny_tokenizer):
         {"file": str(tmp_path / "r.jsonl"), "row": 11, "reason": "field 'chosen': expected a string, got int"}
     ]
     assert_accounted(report)
-    write_report(report, str(tmp_path / "out"))
+    write_data_report(report, str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "data_report.json").read_text()) == report
 
 
@@ -422,8 +419,8 @@ def test_builtin_code_book_still_loads(tiny_tokenizer):
 def test_a_second_run_reads_the_tokenized_cache(tmp_path, tiny_tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "c.jsonl", pairs(30))
     calls = []
-    original = data._tokenize_batch
-    monkeypatch.setattr(data, "_tokenize_batch", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = tokenizing.tokenize_batch
+    monkeypatch.setattr(tokenizing, "tokenize_batch", lambda *a, **k: calls.append(1) or original(*a, **k))
     first = load(path, tiny_tokenizer, tmp_path)
     assert calls, "the first run tokenizes"
     calls.clear()
@@ -441,9 +438,9 @@ def test_separate_prompt_encoding_gives_whole_text_ids(tiny_tokenizer, word_toke
     for tokenizer in (tiny_tokenizer, word_tokenizer):
         expected = [[ids(tokenizer, p + r) for r in rs] for p, rs in zip(prompts, responses, strict=False)]
         for fast in (False, True):  # `tokenizer(...)` and the Rust tokenizer's `encode_batch_fast`
-            for affixes in (None, data.special_affixes(tokenizer)):
-                encode = data.Encoder(tokenizer, fast)
-                assert data._encode_rows(encode, prompts, responses, affixes)[0] == expected, (fast, affixes)
+            for affixes in (None, tokenizing.special_affixes(tokenizer)):
+                encode = tokenizing.Encoder(tokenizer, fast)
+                assert tokenizing.encode_rows(encode, prompts, responses, affixes)[0] == expected, (fast, affixes)
 
 
 def test_encoding_plan_keeps_tokenizer_truncation_off(tiny_tokenizer):
@@ -451,7 +448,7 @@ def test_encoding_plan_keeps_tokenizer_truncation_off(tiny_tokenizer):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.backend_tokenizer.enable_truncation(max_length=3)
     rows = Dataset.from_dict({"prompt": ["a b c d e f"], "responses": [[" g h i", " j k"]]})
-    encode, _ = data.plan_encoding(tokenizer, rows)
+    encode, _ = tokenizing.plan_encoding(tokenizer, rows)
     assert encode.backend is not None, "the fast path was not taken"
     assert encode(["a b c d e f g h"]) == [ids(tiny_tokenizer, "a b c d e f g h")]
 

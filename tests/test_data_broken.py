@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from reward_trainer.config import DataArguments
-from reward_trainer.data import DataError, load_preference_data
+from reward_trainer.data import load_preference_data
+from reward_trainer.errors import DataError
 
 BROKEN = Path(__file__).resolve().parent / "data" / "broken"
 

@@ -11,8 +11,9 @@ from scipy import stats
 from transformers import EvalPrediction
 
 from reward_trainer.data import split_implicit_prompt as split_prompt
-from reward_trainer.evaluation import (
+from reward_trainer.metrics import (
     bootstrap_ci,
+    compute_metrics,
     expected_calibration_error,
     kendall_tau,
     per_subset_accuracy,
@@ -21,7 +22,6 @@ from reward_trainer.evaluation import (
     reliability_bins,
     spearman,
 )
-from reward_trainer.metrics import compute_metrics
 
 
 def logit(p):

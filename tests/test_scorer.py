@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_trainer import RewardScorer
-from reward_trainer.data import DEFAULT_CHAT_TEMPLATE
+from reward_trainer.chat import DEFAULT_CHAT_TEMPLATE
 from reward_trainer.quickstart import make_pairs
 from reward_trainer.scorer import reward_stats_from_metrics
 
@@ -144,7 +144,7 @@ def test_score_conversations(trained_checkpoint):
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path):
-    from reward_trainer.modeling import ModelLoadError
+    from reward_trainer.errors import ModelLoadError
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")

@@ -11,8 +11,9 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from reward_trainer import RewardScorer  # noqa: E402
+from reward_trainer.config import ServeArguments  # noqa: E402
 from reward_trainer.quickstart import make_pairs  # noqa: E402
-from reward_trainer.server import RequestError, ServeArguments, create_app, serve_in_background, texts_of_request  # noqa: E402
+from reward_trainer.server import RequestError, create_app, serve_in_background, texts_of_request  # noqa: E402
 
 
 @pytest.fixture(scope="module")

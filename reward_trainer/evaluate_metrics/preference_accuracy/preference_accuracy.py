@@ -12,7 +12,7 @@
 import datasets
 import evaluate
 
-from reward_trainer.evaluation import pair_correctness
+from reward_trainer.metrics import pair_correctness
 
 _DESCRIPTION = """The fraction of preference pairs whose chosen response gets the higher reward. A pair the model
 scores equally, or one the annotators called a tie (`ties` = 1), counts 0.5."""

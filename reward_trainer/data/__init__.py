@@ -1,0 +1,187 @@
+"""Loading preference data of any common shape, accounting for every row, and tokenizing it fast.
+
+Every step is a `datasets` operation over Arrow tables, so memory stays flat as files grow and each step is
+cached under a fingerprint of its input and settings (a second run with the same data and tokenizer reads
+the cache instead of tokenizing again):
+
+1. read each source into raw rows that remember their file and 1-based row number (the line number for
+   JSON Lines). JSON Lines are read line by line here, so a malformed line or invalid UTF-8 is a bad row
+   with its line number, not a loader crash;
+2. normalize each row to `prompt`, `responses` (best first), `scores`, `margin`, or a reason it is bad
+   (`_error`). The format is detected from the columns (see `detect_format`) and logged;
+3. bad rows stop the run (`on_bad_row=error`: `DataError` naming file, row and field) or are skipped and
+   listed in the report (`on_bad_row=skip`);
+4. split train/eval: the source's own eval split if it has one, else by a hash of the prompt under the seed,
+   so no prompt is on both sides; a mixture keeps a fraction `weight` of each source's training rows;
+5. tokenize `prompt + response` with batched `map` over the fast tokenizer, applying the truncation policy;
+6. expand rows to pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group` (the row), `chosen_response` /
+   `rejected_response` (the responses' places in the row), and `margin` when present. Eval pairs also carry
+   `subset` (a `ClassLabel`): the row's own `source` or `subset` field, else its source in a mixture.
+
+The report (`data_report.json`) puts every input row in exactly one bucket:
+`input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
+`max_train_samples`/`max_eval_samples`; a tie that is also truncated counts as a tie, a filtered one as filtered).
+Whole-file problems (a missing or empty file, a JSON array that does not parse) stop the run in both modes.
+
+    # HH-RLHF (implicit prompt), 4 rows with an empty final response skipped and listed
+    reward-trainer train --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --on_bad_row skip
+    # PandaLM with flags only: prompt = instruction + input, winner = strict majority of three annotators
+    # ("0" tie, "1" response1, "2" response2); a tie majority or a three-way split makes the row a tie
+    reward-trainer train --dataset_name ../shared/data/pandalm/testset-v1.json --on_bad_row skip \
+        --prompt_columns instruction input --response_columns response1 response2 \
+        --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
+"""
+
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+from datasets import Dataset, concatenate_datasets
+from transformers import PreTrainedTokenizerBase
+
+from ..chat import chat_template_of
+from ..config import DataArguments
+from ..errors import DataError
+from .formats import FormatSpec, drop_bad_rows, indices_where, normalize, resolve_format, split_implicit_prompt
+from .pairs import encode_subsets, expand_pairs, is_tie
+from .sources import display_name, parse_sources, read_source, subset_names
+from .tokenizing import tokenize
+
+__all__ = [
+    "PreferenceData",
+    "load_preference_data",
+    "read_rows",
+    "split_implicit_prompt",
+    "subset_names",
+    "write_data_report",
+]
+
+logger = logging.getLogger("reward_trainer")
+
+
+@dataclass
+class PreferenceData:
+    train: Dataset
+    eval: Dataset | None
+    report: dict = field(default_factory=dict)
+
+
+
+def load_preference_data(
+    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
+) -> PreferenceData:
+    """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring."""
+    sources = parse_sources(data_args)
+    report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
+    report["skipped_rows"], report["sources"] = [], []
+    train_parts, eval_parts, has_margin = [], [], False
+    subsets = subset_names([name for name, _ in sources])
+    for name, weight in sources:
+        rows_before = report["input_rows"]
+        spec, splits = read_rows(name, data_args, tokenizer, seed, report, subset=subsets[name])
+        has_margin |= spec.has_margin
+        source_rows = report["input_rows"] - rows_before
+        if "eval" in splits:
+            train, test = splits["train"], splits["eval"]
+        else:
+            in_eval = _eval_mask(splits["train"], data_args.eval_fraction)
+            train = splits["train"].select(indices_where(in_eval, False))
+            test = splits["train"].select(indices_where(in_eval, True))
+        used = math.floor(len(train) * weight + 1e-9)
+        if used < len(train):
+            report["unused"] += len(train) - used
+            train = train.shuffle(seed=seed).select(range(used)).flatten_indices()
+        report["sources"].append({"name": name, "format": spec.format, "rows": source_rows, "weight": weight})
+        train_parts.append(train)
+        eval_parts.append(test)
+    train, test = _concat(train_parts), _concat(eval_parts)
+    train = _cap(train, data_args.max_train_samples, report)
+    test = _cap(test, data_args.max_eval_samples, report)
+
+    train, test = (tokenize(rows, tokenizer, data_args) for rows in (train, test))
+    for rows in (train, test):
+        _count_statuses(rows, report)
+    train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
+    train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
+    eval_pairs = encode_subsets(expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train)))
+    report.update(
+        train_rows=len(train),
+        eval_rows=len(test),
+        train_pairs=len(train_pairs),
+        eval_pairs=len(eval_pairs),
+        truncation=data_args.truncation,
+        max_length=data_args.max_length,
+    )
+    accounted = sum(report[k] for k in ("kept", "truncated", "filtered", "ties", "skipped", "unused"))
+    assert accounted == report["input_rows"], f"row accounting is off: {accounted} != {report['input_rows']}"
+    logger.info("data: %s", {k: v for k, v in report.items() if k != "skipped_rows"})
+    if len(train_pairs) == 0:
+        raise DataError(f"{data_args.dataset_name}: no training pairs left (see the counts above)")
+    return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
+
+
+
+def read_rows(
+    name: str, data_args: DataArguments, tokenizer, seed: int, report: dict, subset: str = ""
+) -> tuple[FormatSpec, dict[str, Dataset]]:
+    """Steps 1-3 for one source: its rows normalized and checked, {"train": ...} and its own "eval" split if any.
+
+    Adds the source's rows to `report["input_rows"]` and the skipped ones to `skipped` / `skipped_rows`.
+    """
+    raw_splits = read_source(name, data_args, seed)
+    spec = resolve_format(raw_splits["train"], data_args)
+    logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
+    chat_template = chat_template_of(tokenizer)
+    splits = {
+        key: normalize(
+            raw,
+            spec,
+            file=display_name(name, key, raw_splits),
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            seed=seed,
+            num_proc=data_args.dataset_num_proc,
+            subset=subset,
+        )
+        for key, raw in raw_splits.items()
+    }
+    report["input_rows"] += sum(len(rows) for rows in splits.values())
+    return spec, {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+
+
+def write_data_report(report: dict, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "data_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def _eval_mask(rows: Dataset, fraction: float):
+    return pc.less(rows.with_format("arrow")["_bucket"], fraction)
+
+
+def _concat(parts: list[Dataset]) -> Dataset:
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _cap(rows: Dataset, limit: int | None, report: dict) -> Dataset:
+    if limit is None or len(rows) <= limit:
+        return rows
+    report["unused"] += len(rows) - limit
+    return rows.select(range(limit))
+
+
+
+def _count_statuses(rows: Dataset, report: dict) -> None:
+    if len(rows) == 0:
+        return
+    table = rows.with_format("arrow")
+    statuses = table["_status"].to_pylist()
+    scores = table["scores"].to_pylist()
+    for status, row_scores in zip(statuses, scores, strict=False):
+        key = "ties" if status != "filtered" and is_tie(row_scores) else status
+        report[key] += 1
+

@@ -1,0 +1,380 @@
+"""Normalizing rows of any detected format to `prompt`, `responses` (best first), `scores`, `margin`, `subset`.
+
+A row that cannot be read gets its reason in `_error` (`RowError`: the field and what is wrong with it);
+`drop_bad_rows` then stops the run on the first one or skips and lists them, as `on_bad_row` says.
+"""
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Sequence, Value
+
+from ..config import DataArguments
+from ..errors import DataError
+from .mapping import fingerprint, num_proc_for
+
+ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """How to read one source's rows: the detected (or forced) format and the column options."""
+
+    format: str
+    rename: tuple = ()  # ((source column, canonical name), ...)
+    prompt_columns: tuple = ()
+    response_columns: tuple = ()
+    label_columns: tuple = ()
+    label_values: tuple = ()  # ((label as str, response index or "tie"), ...)
+    has_margin: bool = False
+
+
+class RowError(ValueError):
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"field {field_name!r}: {reason}" if field_name else reason)
+
+
+def _json_option(value, name: str) -> dict:
+    if value is None or isinstance(value, dict):
+        return value or {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{name} is not a JSON object: {err}") from None
+    if not isinstance(parsed, dict):
+        raise DataError(f"{name} must be a JSON object, got {value!r}")
+    return parsed
+
+
+def _sample_rows(raw: Dataset, n: int = 100) -> list[dict]:
+    head = raw.select(range(min(n, len(raw))))
+    if "_json" not in raw.column_names:
+        return head.to_list()
+    rows = []
+    for text in head["_json"]:
+        try:
+            row = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def detect_format(columns: set[str], example: dict) -> str:
+    """The format of rows with these (canonical) columns; `example` holds a value of each column.
+
+    - `ranking`: `responses`, a list of K >= 2 strings, best first (or ordered by an optional `scores` list);
+    - `conversational`: `chosen`/`rejected` (and optional `prompt`) are lists of {"role", "content"} messages;
+    - `explicit_prompt`: `prompt`, `chosen`, `rejected` strings;
+    - `implicit_prompt`: `chosen`, `rejected` whole conversations (HH-RLHF); the prompt is their shared prefix
+      up to the last "\\n\\nAssistant:".
+    Margins (`margin`, or `score_chosen`/`score_rejected`) and ties (`tie`) may come with any pair format.
+    """
+    if "responses" in columns:
+        return "ranking"
+    if {"chosen", "rejected"} <= columns:
+        if isinstance(example.get("chosen"), list) or isinstance(example.get("prompt"), list):
+            return "conversational"
+        return "explicit_prompt" if "prompt" in columns else "implicit_prompt"
+    raise DataError(
+        f"cannot detect the data format from columns {sorted(columns)}: expected `chosen`/`rejected` (with or "
+        "without `prompt`), `responses` (a ranking), or name the columns with --column_mapping / --response_columns"
+    )
+
+
+def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
+    rename = _json_option(data_args.column_mapping, "column_mapping")
+    label_values = {str(k): v for k, v in _json_option(data_args.label_values, "label_values").items()}
+    for label, value in label_values.items():
+        if value != "tie" and not isinstance(value, int):
+            raise DataError(
+                f'label_values: {label!r} must map to a response index (0, 1, ...) or "tie", got {value!r}'
+            )
+    samples = _sample_rows(raw)
+    columns = set(raw.column_names) - {"_row", "_json", "_error"}
+    for row in samples:
+        columns |= set(row)
+    columns = {rename.get(c, c) for c in columns}
+    example = {}
+    for row in samples:
+        for key, value in row.items():
+            if value is not None:
+                example.setdefault(rename.get(key, key), value)
+    if data_args.response_columns:
+        fmt = "column_mapping"
+        if data_args.data_format not in ("auto", fmt):
+            raise DataError(
+                f"--response_columns needs data_format auto or column_mapping, not {data_args.data_format!r}"
+            )
+        if not data_args.label_columns or not label_values:
+            raise DataError("--response_columns needs --label_columns and --label_values to say which response won")
+    elif data_args.data_format != "auto":
+        fmt = data_args.data_format
+    else:
+        fmt = detect_format(columns, example)
+    return FormatSpec(
+        format=fmt,
+        rename=tuple(rename.items()),
+        prompt_columns=tuple(data_args.prompt_columns or ()),
+        response_columns=tuple(data_args.response_columns or ()),
+        label_columns=tuple(data_args.label_columns or ()),
+        label_values=tuple(label_values.items()),
+        has_margin=bool({"margin", "score_chosen", "score_rejected"} & columns)
+        or (fmt == "ranking" and "scores" in columns),
+    )
+
+
+def _string(row: dict, name: str, allow_empty: bool = False) -> str:
+    if name not in row or row[name] is None:
+        raise RowError(name, "missing")
+    value = row[name]
+    if not isinstance(value, str):
+        raise RowError(name, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RowError(name, "empty")
+    return value
+
+
+def _number(row: dict, name: str) -> float:
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RowError(name, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    """Length of the longest common prefix: a binary search over slices compared in C (`os.path.commonprefix`
+    compares character by character in Python, the slowest step of reading HH-RLHF)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of two whole conversations.
+
+    The prompt is the shared text up to and including the last "\\n\\nAssistant:" that both share; when the
+    conversations differ before their final turn, the responses are the differing remainders (several
+    turns), so `prompt + response` is still exactly each original conversation.
+    """
+    cut = chosen.rfind(ASSISTANT_MARKER, 0, common_prefix_length(chosen, rejected))
+    cut = 0 if cut < 0 else cut + len(ASSISTANT_MARKER)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _messages(row: dict, name: str) -> list[dict]:
+    value = row.get(name)
+    if value is None:
+        raise RowError(name, "missing")
+    if isinstance(value, str):
+        return [{"role": "assistant" if name != "prompt" else "user", "content": value}]
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        raise RowError(name, 'expected a list of {"role", "content"} string messages')
+    return value
+
+
+def _render_conversation(
+    tokenizer, template: str, prompt: list[dict], responses: list[list[dict]]
+) -> tuple[str, list[str]]:
+    """Renders prompt and each prompt + response with the chat template; responses are the added text."""
+    full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
+    for generation_prompt in (True, False):
+        text = (
+            tokenizer.apply_chat_template(
+                prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+            )
+            if prompt
+            else ""
+        )
+        if all(f.startswith(text) for f in full):
+            return text, [f[len(text) :] for f in full]
+    raise RowError("prompt", "the chat template does not render the prompt as a prefix of the conversation")
+
+
+def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: str | None = None) -> dict:
+    """One input row -> {"prompt", "responses" (best first), "scores", "margin"}; raises `RowError` if bad."""
+    if spec.rename:
+        row = {dict(spec.rename).get(k, k): v for k, v in row.items()}
+    margin = math.nan  # stays NaN only for rankings with scores: each pair's margin is then its score difference
+    if spec.format == "column_mapping":
+        margin = 0.0
+        prompt = "\n\n".join(_string(row, c, allow_empty=True) for c in spec.prompt_columns if row.get(c))
+        prompt = prompt + "\n\n" if prompt else prompt
+        responses = [_string(row, c) for c in spec.response_columns]
+        votes = []
+        values = dict(spec.label_values)
+        for column in spec.label_columns:
+            label = row.get(column)
+            if str(label) not in values:
+                raise RowError(column, f"unknown label {label!r} (known: {', '.join(values)})")
+            votes.append(values[str(label)])
+        winner = max(set(votes), key=votes.count)
+        if votes.count(winner) * 2 <= len(votes) or winner == "tie":  # no strict majority, or a majority for tie
+            scores = [0.0] * len(responses)
+        else:
+            if not 0 <= winner < len(responses):
+                raise RowError(
+                    spec.label_columns[0], f"label points to response {winner}, but there are {len(responses)}"
+                )
+            scores = [1.0 if i == winner else 0.0 for i in range(len(responses))]
+    elif spec.format == "ranking":
+        prompt = _string(row, "prompt", allow_empty=True)
+        responses = row.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise RowError("responses", "expected a list of at least 2 responses")
+        responses = [_string({"responses": r}, "responses") for r in responses]
+        if row.get("scores") is not None:
+            scores = row["scores"]
+            if not isinstance(scores, list) or len(scores) != len(responses):
+                raise RowError("scores", "expected one number per response")
+            scores = [_number({"scores": s}, "scores") for s in scores]
+        else:
+            scores = [float(len(responses) - i) for i in range(len(responses))]
+            margin = 0.0  # ranks, not scores: no margin
+    else:
+        if spec.format == "conversational":
+            chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+            if "prompt" in row and row["prompt"] is not None:
+                prompt_msgs = _messages(row, "prompt")
+            else:  # implicit: the shared messages before the last differing one
+                n = 0
+                while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+                    n += 1
+                prompt_msgs, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+            prompt, (c, r) = _render_conversation(tokenizer, chat_template, prompt_msgs, [chosen, rejected])
+            if not c.strip() or not r.strip():
+                raise RowError("chosen" if not c.strip() else "rejected", "empty response")
+        elif spec.format == "implicit_prompt":
+            prompt, c, r = split_implicit_prompt(_string(row, "chosen"), _string(row, "rejected"))
+        else:
+            prompt, c, r = _string(row, "prompt", allow_empty=True), _string(row, "chosen"), _string(row, "rejected")
+        if not c.strip():
+            raise RowError("chosen", "empty response")
+        if not r.strip():
+            raise RowError("rejected", "empty response")
+        responses = [c, r]
+        scores, margin = [1.0, 0.0], 0.0
+        if row.get("margin") is not None:
+            margin = _number(row, "margin")
+        elif "score_chosen" in row or "score_rejected" in row:
+            scores = [_number(row, "score_chosen"), _number(row, "score_rejected")]
+            margin = scores[0] - scores[1]
+        if row.get("tie") is not None:
+            if not isinstance(row["tie"], bool | int):
+                raise RowError("tie", f"expected true/false, got {row['tie']!r}")
+            if row["tie"]:
+                scores, margin = [0.0, 0.0], 0.0
+    if len(set(responses)) < len(responses):
+        raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
+    subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
+    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+
+
+def _normalize_batch(
+    batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed, subset
+):
+    keys = ("prompt", "responses", "scores", "margin", "subset", "_file", "_row", "_error", "_bucket")
+    out = {k: [] for k in keys}
+    raw_json = "_json" in batch
+    columns = [c for c in batch if c not in ("_row", "_json", "_error")]
+    for i, index in enumerate(indices):
+        error = batch["_error"][i] if "_error" in batch else ""
+        row_number = batch["_row"][i] if "_row" in batch else index + 1
+        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan, "subset": ""}
+        if not error:
+            try:
+                if raw_json:
+                    try:
+                        row = json.loads(batch["_json"][i])
+                    except json.JSONDecodeError as err:
+                        raise RowError("", f"malformed JSON ({err.msg} at column {err.colno})") from None
+                    if not isinstance(row, dict):
+                        raise RowError("", f"expected a JSON object, got {type(row).__name__}")
+                else:
+                    row = {c: batch[c][i] for c in columns}
+                result = normalize_row(row, spec, tokenizer, chat_template)
+            except RowError as err:
+                error = str(err)
+        result["subset"] = result["subset"] or subset
+        for key, value in result.items():
+            out[key].append(value)
+        out["_file"].append(file)
+        out["_row"].append(row_number)
+        out["_error"].append(error)
+        out["_bucket"].append(prompt_bucket(result["prompt"], seed))
+    return out
+
+
+def prompt_bucket(prompt: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the prompt text and seed: rows go to eval when it is < eval_fraction."""
+    digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def normalize(
+    raw: Dataset, spec: FormatSpec, file: str, tokenizer, chat_template: str, seed: int, num_proc=None, subset=""
+) -> Dataset:
+    """Rows -> `prompt`, `responses`, `scores`, `margin`, `subset` (the row's, else `subset`) and bookkeeping."""
+    features = Features({
+        "prompt": Value("string"), "responses": Sequence(Value("string")), "scores": Sequence(Value("float64")),
+        "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
+        "_bucket": Value("float64"),
+    })  # fmt: skip
+    template = chat_template if spec.format == "conversational" else ""
+    return raw.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={
+            "spec": spec,
+            "file": file,
+            "tokenizer": tokenizer,
+            "chat_template": template,
+            "seed": seed,
+            "subset": subset,
+        },  # fmt: skip
+        remove_columns=raw.column_names,
+        features=features,
+        num_proc=num_proc_for(num_proc, raw),
+        new_fingerprint=fingerprint(raw._fingerprint, spec, file, template, seed, subset),
+        desc=f"Reading {file}",
+    )
+
+
+def drop_bad_rows(rows: Dataset, on_bad_row: str, report: dict) -> Dataset:
+    errors = rows.with_format("arrow")["_error"]
+    bad = pc.not_equal(errors, "")
+    n_bad = pc.sum(bad).as_py() or 0
+    if n_bad == 0:
+        return rows
+    first = pc.index(bad, True).as_py()
+    if on_bad_row == "error":
+        row = rows[first]
+        raise DataError(
+            f"{row['_file']}: row {row['_row']}: {row['_error']} (use --on_bad_row skip to skip such rows)"
+        )
+    bad_rows = rows.select(indices_where(bad, True)).select_columns(["_file", "_row", "_error"])
+    report["skipped"] += n_bad
+    report["skipped_rows"] += [{"file": r["_file"], "row": r["_row"], "reason": r["_error"]} for r in bad_rows]
+    return rows.select(indices_where(bad, False))
+
+
+
+def indices_where(mask, value: bool) -> list[int]:
+    """Indices where the Arrow boolean `mask` equals `value`."""
+    array = mask.to_numpy(zero_copy_only=False)
+    return np.flatnonzero(array if value else ~array)
+
+

@@ -1,0 +1,105 @@
+"""Expanding normalized, tokenized rows into pairs: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group`, ..."""
+
+import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Sequence, Value
+
+from .mapping import fingerprint
+
+
+def is_tie(scores: list[float]) -> bool:
+    return len(scores) == 2 and scores[0] == scores[1]
+
+
+
+def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: bool, group_offset: int) -> pa.Table:
+    # The pairs are decided in Python from the scores; the token ids stay in Arrow (`take` on the flat list
+    # of responses), so no id is converted to a Python int and back.
+    ids = batch["ids"].combine_chunks()
+    responses = ids.flatten()  # every response of the batch, row after row
+    starts = pc.subtract(ids.offsets, ids.offsets[0]).to_pylist()
+    keys = ("chosen_at", "rejected_at", "weight", "tie", "group", "chosen_response", "rejected_response", "subset")
+    out = {k: [] for k in (*keys, "margin")}
+    rows = zip(
+        indices,
+        starts,
+        starts[1:],
+        batch["scores"].to_pylist(),
+        batch["margin"].to_pylist(),
+        batch["subset"].to_pylist(),
+        strict=False,
+    )
+    for index, start, stop, scores, row_margin, subset in rows:
+        if start == stop:  # filtered
+            continue
+        if is_tie(scores):
+            pairs, weight = ([(0, 1)] if keep_ties else []), 0.0
+        else:
+            pairs = [
+                (i, j) if scores[i] > scores[j] else (j, i)
+                for i in range(stop - start)
+                for j in range(i + 1, stop - start)
+                if scores[i] != scores[j]
+            ]
+            weight = 1.0 / len(pairs)
+        for better, worse in pairs:
+            out["chosen_at"].append(start + better)
+            out["rejected_at"].append(start + worse)
+            out["weight"].append(weight)
+            out["tie"].append(1.0 if is_tie(scores) else 0.0)
+            out["margin"].append(scores[better] - scores[worse] if math.isnan(row_margin) else row_margin)
+            out["group"].append(group_offset + index)
+            out["chosen_response"].append(better)
+            out["rejected_response"].append(worse)
+            out["subset"].append(subset)
+    columns = {  # in the order of `expand_pairs`' features
+        "chosen_ids": responses.take(pa.array(out["chosen_at"], type=pa.int64())),
+        "rejected_ids": responses.take(pa.array(out["rejected_at"], type=pa.int64())),
+        "weight": pa.array(out["weight"], pa.float32()),
+        "tie": pa.array(out["tie"], pa.float32()),
+        "group": pa.array(out["group"], pa.int64()),
+        "chosen_response": pa.array(out["chosen_response"], pa.int32()),
+        "rejected_response": pa.array(out["rejected_response"], pa.int32()),
+        "subset": pa.array(out["subset"], pa.string()),
+    }
+    if margin:
+        columns["margin"] = pa.array(out["margin"], pa.float32())
+    return pa.table(columns)
+
+
+def expand_pairs(rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0) -> Dataset:
+    """Rows -> one pair per (better, worse) response: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group`.
+
+    A pair row has weight 1; a tie weight 0 and `tie` 1.0 (kept only when `keep_ties`: evaluation counts it
+    0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
+    so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
+    `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
+    `margin` is the row's margin, or the score difference; `subset` the row's subset name.
+    """
+    features = {"chosen_ids": Sequence(Value("int32")), "rejected_ids": Sequence(Value("int32")),
+                "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64"),
+                "chosen_response": Value("int32"), "rejected_response": Value("int32"),
+                "subset": Value("string")}  # fmt: skip
+    if margin:
+        features["margin"] = Value("float32")
+    pairs = rows.with_format("arrow").map(
+        _expand_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"keep_ties": keep_ties, "margin": margin, "group_offset": group_offset},
+        remove_columns=rows.column_names,
+        features=Features(features),
+        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset),
+        desc="Pairing",
+    )
+    return pairs.with_format(None)
+
+
+def encode_subsets(pairs: Dataset) -> Dataset:
+    """The `subset` names as a `ClassLabel` (sorted names, integer ids), or no `subset` column if no row has one."""
+    if "subset" not in pairs.column_names or len(pairs) == 0 or set(pairs.unique("subset")) == {""}:
+        return pairs.remove_columns([c for c in ("subset",) if c in pairs.column_names])
+    return pairs.class_encode_column("subset")
+
