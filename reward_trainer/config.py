@@ -5,6 +5,7 @@ Configuration flows one way: YAML recipe -> `HfArgumentParser` over these datacl
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
@@ -188,7 +189,9 @@ class RewardConfig(TrainingArguments):
     Defaults that differ from `TrainingArguments`:
         train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
         save_strategy="no", report_to="none", remove_unused_columns=False (the collator needs the
-        `chosen_ids`/`rejected_ids` columns, which the model's forward does not name).
+        `chosen_ids`/`rejected_ids` columns, which the model's forward does not name),
+        ddp_find_unused_parameters=False (every parameter of a backbone with a score head takes part in the
+        loss, so DDP's search for unused ones is an extra autograd traversal per step that finds nothing).
     """
 
     output_dir: str | None = field(
@@ -204,6 +207,13 @@ class RewardConfig(TrainingArguments):
     )
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "Trackers to log to (`tensorboard`, `wandb`, ...), or `none`."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP: look for parameters that get no gradient at each step. Off: a reward model's parameters "
+            "all take part in the loss. Turn it on for a model with parameters its forward does not use."
+        },
     )
     remove_unused_columns: bool = field(
         default=False,
@@ -245,6 +255,19 @@ class RewardConfig(TrainingArguments):
         default=True,
         metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
     )
+
+    def __post_init__(self):
+        # No GPU (or other accelerator): run on the CPU, where `--bf16` is CPU autocast. The stock arguments
+        # refuse `--bf16` without `use_cpu`, so one recipe could not serve both machines.
+        if not self.use_cpu and not accelerator_available():
+            self.use_cpu = True
+        super().__post_init__()
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU (or another accelerator: XPU, MPS, ...)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The `evaluate` command: read the data as training does, score it, write the report.
 
-    reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name pairs.jsonl --output_dir OUT
+reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name pairs.jsonl --output_dir OUT
 """
 
 from collections.abc import Sequence
@@ -17,16 +17,18 @@ from .report import pyplot, write_eval_report
 from .scorer import RewardScorer
 
 
-def read_texts(names: Sequence[str], args: EvaluateArguments, tokenizer=None) -> tuple[dict[str, list], list[dict], dict]:
+def read_texts(
+    names: Sequence[str], args: EvaluateArguments, tokenizer=None
+) -> tuple[dict[str, list], list[dict], dict]:
     """The pairs and rankings of each source, read, normalized and checked by `data.read_rows` as for training.
 
     Returns pair columns `prompt`, `chosen`, `rejected`, `tie` and `subset`; rankings (rows of more than two
     responses) as `{"prompt", "responses", "scores"}`; and the row accounting (`input_rows`, `skipped`,
-    `skipped_rows`). The whole `args.split` of each source is read (its first `args.max_samples` rows, if set);
+    `skipped_rows`, `empty_responses`). The whole `args.split` of each source is read (its first `args.max_samples` rows, if set);
     the subset of a row is its `source`/`subset` field, else, with several sources, its source.
     """
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
-    rankings, accounting = [], {"input_rows": 0, "skipped": 0, "skipped_rows": []}
+    rankings, accounting = [], {"input_rows": 0, "skipped": 0, "skipped_rows": [], "empty_responses": 0}
     subsets = subset_names(list(names))
     for name in names:
         data_args = DataArguments(dataset_name=name, train_split=args.split, eval_split="", on_bad_row=args.on_bad_row)

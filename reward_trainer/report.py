@@ -59,6 +59,7 @@ def report_markdown(report: dict) -> str:
     ]
     if "input_rows" in report:
         rows.insert(0, ("rows read (skipped as malformed)", f"{report['input_rows']} ({report['skipped']})"))
+        rows.insert(1, ("empty responses (kept)", report.get("empty_responses", 0)))
     if "kendall_tau" in report:
         rows += [
             (f"Kendall tau, mean over {report['ranked_prompts']} ranked prompts", report["kendall_tau"]),

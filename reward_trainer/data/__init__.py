@@ -21,17 +21,18 @@ the cache instead of tokenizing again):
 The report (`data_report.json`) puts every input row in exactly one bucket:
 `input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
 `max_train_samples`/`max_eval_samples`; a tie that is also truncated counts as a tie, a filtered one as filtered).
-Whole-file problems (a missing or empty file, a JSON array that does not parse) stop the run in both modes.
+An empty (or whitespace-only) response is a response, not a bad row: HH-RLHF's annotators sometimes preferred
+silence to harm. They are kept and counted in `empty_responses`. Whole-file problems (a missing or empty file, a
+file that is not JSON rows, a missing column, a JSON array that does not parse) stop the run in both modes.
 
-    # HH-RLHF (implicit prompt), 4 rows with an empty final response skipped and listed
-    reward-trainer train --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --on_bad_row skip
+    # HH-RLHF (implicit prompt): all 2,312 rows, 4 with an empty final response
+    reward-trainer train --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz
     # PandaLM with flags only: prompt = instruction + input, winner = strict majority of three annotators
     # ("0" tie, "1" response1, "2" response2); a tie majority or a three-way split makes the row a tie
     reward-trainer train --dataset_name ../shared/data/pandalm/testset-v1.json --on_bad_row skip \
         --prompt_columns instruction input --response_columns response1 response2 \
         --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
 """
-
 
 import json
 import logging
@@ -70,13 +71,13 @@ class PreferenceData:
     report: dict = field(default_factory=dict)
 
 
-
 def load_preference_data(
     data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
 ) -> PreferenceData:
     """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring."""
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
+    report["empty_responses"] = 0
     report["skipped_rows"], report["sources"] = [], []
     train_parts, eval_parts, has_margin = [], [], False
     subsets = subset_names([name for name, _ in sources])
@@ -124,16 +125,16 @@ def load_preference_data(
     return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
 
 
-
 def read_rows(
     name: str, data_args: DataArguments, tokenizer, seed: int, report: dict, subset: str = ""
 ) -> tuple[FormatSpec, dict[str, Dataset]]:
     """Steps 1-3 for one source: its rows normalized and checked, {"train": ...} and its own "eval" split if any.
 
-    Adds the source's rows to `report["input_rows"]` and the skipped ones to `skipped` / `skipped_rows`.
+    Adds the source's rows to `report["input_rows"]`, the skipped ones to `skipped` / `skipped_rows` and its
+    empty responses to `empty_responses`.
     """
     raw_splits = read_source(name, data_args, seed)
-    spec = resolve_format(raw_splits["train"], data_args)
+    spec = resolve_format(raw_splits["train"], data_args, name)
     logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
     chat_template = chat_template_of(tokenizer)
     splits = {
@@ -150,13 +151,21 @@ def read_rows(
         for key, raw in raw_splits.items()
     }
     report["input_rows"] += sum(len(rows) for rows in splits.values())
-    return spec, {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+    splits = {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+    report["empty_responses"] += sum(map(_empty_responses, splits.values()))
+    return spec, splits
 
 
 def write_data_report(report: dict, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "data_report.json"), "w") as f:
         json.dump(report, f, indent=2)
+
+
+def _empty_responses(rows: Dataset) -> int:
+    """Responses that are empty or only whitespace (kept: an annotator may prefer saying nothing)."""
+    responses = pc.list_flatten(rows.with_format("arrow")["responses"])
+    return pc.sum(pc.equal(pc.utf8_trim_whitespace(responses), "")).as_py() or 0
 
 
 def _eval_mask(rows: Dataset, fraction: float):
@@ -174,7 +183,6 @@ def _cap(rows: Dataset, limit: int | None, report: dict) -> Dataset:
     return rows.select(range(limit))
 
 
-
 def _count_statuses(rows: Dataset, report: dict) -> None:
     if len(rows) == 0:
         return
@@ -184,4 +192,3 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
     for status, row_scores in zip(statuses, scores, strict=False):
         key = "ties" if status != "filtered" and is_tie(row_scores) else status
         report[key] += 1
-

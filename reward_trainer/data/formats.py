@@ -16,6 +16,7 @@ from datasets import Dataset, Features, Sequence, Value
 from ..config import DataArguments
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
+from .sources import SINGLE_OBJECT
 
 ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
 
@@ -50,22 +51,28 @@ def _json_option(value, name: str) -> dict:
     return parsed
 
 
-def _sample_rows(raw: Dataset, n: int = 100) -> list[dict]:
+def _sample_rows(raw: Dataset, name: str, n: int = 100) -> list[dict]:
+    """The first `n` rows that are JSON objects. When none of them parses, the file is not JSON at all: a
+    `DataError` says so, whatever `on_bad_row` says."""
     head = raw.select(range(min(n, len(raw))))
     if "_json" not in raw.column_names:
         return head.to_list()
-    rows = []
-    for text in head["_json"]:
+    rows, first_problem = [], None
+    for line, text in zip(head["_row"], head["_json"], strict=True):
         try:
             row = json.loads(text) if text else None
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            first_problem = first_problem or (line, err)
             continue
         if isinstance(row, dict):
             rows.append(row)
-    return rows
+    if rows or first_problem is None:
+        return rows
+    line, err = first_problem
+    raise DataError(f"{name}: is not JSON (line {line}, column {err.colno}: {err.msg})")
 
 
-def detect_format(columns: set[str], example: dict) -> str:
+def detect_format(columns: set[str], example: dict, name: str = "the data") -> str:
     """The format of rows with these (canonical) columns; `example` holds a value of each column.
 
     - `ranking`: `responses`, a list of K >= 2 strings, best first (or ordered by an optional `scores` list);
@@ -81,13 +88,17 @@ def detect_format(columns: set[str], example: dict) -> str:
         if isinstance(example.get("chosen"), list) or isinstance(example.get("prompt"), list):
             return "conversational"
         return "explicit_prompt" if "prompt" in columns else "implicit_prompt"
+    for present, missing in (("chosen", "rejected"), ("rejected", "chosen")):
+        if present in columns and missing not in columns:
+            raise DataError(f"{name}: has no column {missing!r} (columns: {', '.join(sorted(columns))})")
     raise DataError(
-        f"cannot detect the data format from columns {sorted(columns)}: expected `chosen`/`rejected` (with or "
-        "without `prompt`), `responses` (a ranking), or name the columns with --column_mapping / --response_columns"
+        f"{name}: cannot detect the data format from columns {sorted(columns)}: expected `chosen`/`rejected` (with "
+        "or without `prompt`), `responses` (a ranking), or name the columns with --column_mapping / --response_columns"
     )
 
 
-def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
+def resolve_format(raw: Dataset, data_args: DataArguments, name: str = "the data") -> FormatSpec:
+    """The format of `raw` (a source named `name` in errors) and the column options that go with it."""
     rename = _json_option(data_args.column_mapping, "column_mapping")
     label_values = {str(k): v for k, v in _json_option(data_args.label_values, "label_values").items()}
     for label, value in label_values.items():
@@ -95,7 +106,7 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
             raise DataError(
                 f'label_values: {label!r} must map to a response index (0, 1, ...) or "tie", got {value!r}'
             )
-    samples = _sample_rows(raw)
+    samples = _sample_rows(raw, name)
     columns = set(raw.column_names) - {"_row", "_json", "_error"}
     for row in samples:
         columns |= set(row)
@@ -116,7 +127,15 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
     elif data_args.data_format != "auto":
         fmt = data_args.data_format
     else:
-        fmt = detect_format(columns, example)
+        try:
+            fmt = detect_format(columns, example, name)
+        except DataError:
+            if "_json" in raw.column_names and len(raw) == 1:  # one object on one line, not a row of any format
+                raise DataError(f"{name}: {SINGLE_OBJECT}") from None
+            raise
+    for column in (*(data_args.response_columns or ()), *(data_args.label_columns or ())):
+        if column not in columns:
+            raise DataError(f"{name}: has no column {column!r} (columns: {', '.join(sorted(columns))})")
     return FormatSpec(
         format=fmt,
         rename=tuple(rename.items()),
@@ -129,14 +148,13 @@ def resolve_format(raw: Dataset, data_args: DataArguments) -> FormatSpec:
     )
 
 
-def _string(row: dict, name: str, allow_empty: bool = False) -> str:
+def _string(row: dict, name: str) -> str:
+    """A string field; empty is fine (an empty response is a response: the annotator preferred silence)."""
     if name not in row or row[name] is None:
         raise RowError(name, "missing")
     value = row[name]
     if not isinstance(value, str):
         raise RowError(name, f"expected a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise RowError(name, "empty")
     return value
 
 
@@ -210,7 +228,7 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     margin = math.nan  # stays NaN only for rankings with scores: each pair's margin is then its score difference
     if spec.format == "column_mapping":
         margin = 0.0
-        prompt = "\n\n".join(_string(row, c, allow_empty=True) for c in spec.prompt_columns if row.get(c))
+        prompt = "\n\n".join(_string(row, c) for c in spec.prompt_columns if row.get(c))
         prompt = prompt + "\n\n" if prompt else prompt
         responses = [_string(row, c) for c in spec.response_columns]
         votes = []
@@ -230,7 +248,7 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
                 )
             scores = [1.0 if i == winner else 0.0 for i in range(len(responses))]
     elif spec.format == "ranking":
-        prompt = _string(row, "prompt", allow_empty=True)
+        prompt = _string(row, "prompt")
         responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) < 2:
             raise RowError("responses", "expected a list of at least 2 responses")
@@ -254,16 +272,10 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
                     n += 1
                 prompt_msgs, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
             prompt, (c, r) = _render_conversation(tokenizer, chat_template, prompt_msgs, [chosen, rejected])
-            if not c.strip() or not r.strip():
-                raise RowError("chosen" if not c.strip() else "rejected", "empty response")
         elif spec.format == "implicit_prompt":
             prompt, c, r = split_implicit_prompt(_string(row, "chosen"), _string(row, "rejected"))
         else:
-            prompt, c, r = _string(row, "prompt", allow_empty=True), _string(row, "chosen"), _string(row, "rejected")
-        if not c.strip():
-            raise RowError("chosen", "empty response")
-        if not r.strip():
-            raise RowError("rejected", "empty response")
+            prompt, c, r = _string(row, "prompt"), _string(row, "chosen"), _string(row, "rejected")
         responses = [c, r]
         scores, margin = [1.0, 0.0], 0.0
         if row.get("margin") is not None:
@@ -371,10 +383,7 @@ def drop_bad_rows(rows: Dataset, on_bad_row: str, report: dict) -> Dataset:
     return rows.select(indices_where(bad, False))
 
 
-
 def indices_where(mask, value: bool) -> list[int]:
     """Indices where the Arrow boolean `mask` equals `value`."""
     array = mask.to_numpy(zero_copy_only=False)
     return np.flatnonzero(array if value else ~array)
-
-

@@ -5,7 +5,7 @@ import json
 
 from datasets import Dataset
 
-VERSION = "data-v3"  # part of every fingerprint: bump when the processing changes
+VERSION = "data-v4"  # part of every fingerprint: bump when the processing changes
 
 
 def fingerprint(*parts) -> str:

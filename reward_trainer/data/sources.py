@@ -197,8 +197,33 @@ def json_array_rows(path: str, stamp: tuple, chunk_size: int = 1 << 20):
             raise DataError(f"{path}: line {line()}: malformed JSON (extra data after the array)")
 
 
+SINGLE_OBJECT = "holds one JSON object; expected one object per line or an array of objects"
+
+
 def read_json_lines(path: str, cache_dir: str | None = None) -> Dataset:
+    _refuse_one_object(path)
     return _from_generator(json_lines_rows, path, cache_dir)
+
+
+def _refuse_one_object(path: str, max_bytes: int = 64 * 2**20) -> None:
+    """A `DataError` for a file that is one JSON object written over several lines (`{` alone on line 1), which
+    JSON Lines would read as a broken row per line. Files over `max_bytes` are left to the row checks."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        first = f.readline()
+    try:
+        json.loads(first)
+        return
+    except ValueError:
+        if not first.lstrip().startswith(b"{") or os.path.getsize(path) > max_bytes:
+            return
+    with opener(path, "rb") as f:
+        try:
+            whole = json.load(f)
+        except ValueError:  # not one object either: its lines are reported as rows
+            return
+    if isinstance(whole, dict):
+        raise DataError(f"{path}: {SINGLE_OBJECT}")
 
 
 def read_json(path: str, cache_dir: str | None = None) -> Dataset:
@@ -206,7 +231,9 @@ def read_json(path: str, cache_dir: str | None = None) -> Dataset:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
         head = f.read(4096).lstrip()
-    return _from_generator(json_array_rows if head.startswith(b"[") else json_lines_rows, path, cache_dir)
+    if head.startswith(b"["):
+        return _from_generator(json_array_rows, path, cache_dir)
+    return read_json_lines(path, cache_dir)
 
 
 def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
@@ -235,4 +262,3 @@ def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-

@@ -1,0 +1,79 @@
+"""The package's layout: imports run one way (no module imports one that imports it back, even inside a function),
+and the README's layout table names every module of the tree."""
+
+import ast
+import re
+
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "reward_trainer"
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path) -> set[str]:
+    """The package modules that `path` imports, anywhere in it. Importing `a.b.c` runs `a.b` first."""
+    name = module_name(path)
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            target = node.module or ""
+            if node.level:
+                target = ".".join(base[: len(base) - node.level + 1] + ([target] if target else []))
+            targets = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            found |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    parts = name.split(".")
+    ancestors = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # already running when `name` runs
+    return (found & modules) - ancestors
+
+
+def test_imports_run_one_way():
+    graph = {module_name(p): package_imports(p) for p in PACKAGE.rglob("*.py")}
+    state = {}
+
+    def visit(name, path):
+        state[name] = "open"
+        for target in graph[name]:
+            if target.startswith(name + "."):
+                continue  # a package importing its own modules
+            assert state.get(target) != "open", f"import cycle: {' -> '.join([*path, name, target])}"
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_errors_imports_nothing_of_the_package():
+    assert package_imports(PACKAGE / "errors.py") == set()
+
+
+def test_readme_layout_table_names_every_module():
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout") :].split("\n## ")[0]
+    named = {n.removeprefix("reward_trainer/") for n in re.findall(r"`([\w/]+\.py|[\w/]+/)`", table)}
+    modules = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" and "evaluate_metrics" not in str(p)
+    }
+    missing = {m for m in modules if m not in named and m.split("/")[-1] not in named}
+    assert not missing, f"modules missing from the README's layout table: {sorted(missing)}"
+    listed = {n for n in named if n.endswith(".py")}
+    stale = {
+        n for n in listed if not any((REPO_ROOT / d).rglob(n.split("/")[-1]) for d in ("reward_trainer", "scripts"))
+    }
+    assert not stale, f"the README's layout table names modules that do not exist: {sorted(stale)}"
