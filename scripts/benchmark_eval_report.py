@@ -1,4 +1,4 @@
-"""The issue-7 benchmark: "longer wins" baselines on the real data, and the report of a MiniLM trained on HH harmless.
+"""The evaluation-report benchmark: "longer wins" baselines on the real data, and the report of a MiniLM trained on HH harmless.
 
     python scripts/benchmark_eval_report.py --shared_data ../shared/data --output_dir outputs/bench_eval_report
     python scripts/benchmark_eval_report.py --model outputs/hh-rlhf-minilm   # a model the recipe already trained

@@ -24,7 +24,7 @@ def test_large_gaps_are_finite_and_exact():
     assert torch.isfinite(loss).all()
     assert loss[0] < 1e-40
     assert loss[1] == pytest.approx(100.0, abs=1e-5)
-    # The seed notebook's -log(sigmoid(x)) overflows to inf where ours stays exact.
+    # The naive -log(sigmoid(x)) overflows to inf where ours stays exact.
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-100.0))))
 
 

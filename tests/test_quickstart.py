@@ -1,4 +1,4 @@
-"""The built-in task cannot be solved by surface cues, and the seed notebook's flow works with the API."""
+"""The built-in task cannot be solved by surface cues, and the step-by-step Python flow works with the API."""
 
 from collections import Counter
 
@@ -39,7 +39,7 @@ def test_response_only_frequency_shortcut_is_chance():
     assert 0.45 <= acc <= 0.55
 
 
-def test_seed_notebook_flow(tmp_path):
+def test_step_by_step_python_flow(tmp_path):
     """Build model, build data, train, score a few texts, save, and a `score(prompt, response)` for PPO."""
     from reward_trainer import PreferenceCollator, RewardConfig, RewardScorer, RewardTrainer
     from reward_trainer.config import DataArguments, ModelArguments
