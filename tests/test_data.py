@@ -23,13 +23,6 @@ BUCKETS = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from reward_trainer.quickstart import build_tokenizer
-
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def word_tokenizer():
     """A BERT-style tokenizer with one token per word: [CLS] words [SEP], so ids can be derived by hand."""
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *"a b c d e f g h".split(), ":", "?"]
