@@ -72,6 +72,7 @@ def test_auto_resume_skips_the_half_written_checkpoint_with_a_warning(tmp_path, 
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-15"), str(tmp_path))
 
 
+@pytest.mark.slow  # three training runs in subprocesses: ~13 s
 def test_sigkill_then_auto_resume_gives_the_uninterrupted_weights(tmp_path):
     """Kill -9 at a step after two checkpoints, damage the newest one as a half-written save would, rerun with
     `--resume_from_checkpoint auto`: same per-step losses (same data order) and same final weights.

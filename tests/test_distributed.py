@@ -81,6 +81,7 @@ torch.save = _wrap(torch.save)
 """
 
 
+@pytest.mark.slow  # `accelerate launch` with 2 processes beside a 1-process run: ~10 s
 def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     """2 processes x 8 pairs per step == 1 process x 16: same per-step losses, same eval set, one writer."""
     hook = tmp_path / "hook"
