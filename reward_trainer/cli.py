@@ -21,6 +21,7 @@ from .errors import DataError, ModelLoadError, NonFiniteLossError, UsageError
 
 EXIT_BAD_INPUT = 2
 
+
 class _Parser(HfArgumentParser):
     def error(self, message):  # argparse prints the whole usage and exits; we want one line
         raise UsageError(message)

@@ -1,6 +1,6 @@
 """The `evaluate` command: read the data as training does, score it, write the report.
 
-    reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name pairs.jsonl --output_dir OUT
+reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name pairs.jsonl --output_dir OUT
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,9 @@ from .report import pyplot, write_eval_report
 from .scorer import RewardScorer
 
 
-def read_texts(names: Sequence[str], args: EvaluateArguments, tokenizer=None) -> tuple[dict[str, list], list[dict], dict]:
+def read_texts(
+    names: Sequence[str], args: EvaluateArguments, tokenizer=None
+) -> tuple[dict[str, list], list[dict], dict]:
     """The pairs and rankings of each source, read, normalized and checked by `data.read_rows` as for training.
 
     Returns pair columns `prompt`, `chosen`, `rejected`, `tie` and `subset`; rankings (rows of more than two

@@ -21,7 +21,6 @@ The same code serves `compute_metrics` during training (lengths there are in tok
   rewards and the human scores of one prompt's responses, averaged over prompts.
 """
 
-
 import math
 import warnings
 from collections.abc import Sequence
@@ -44,8 +43,6 @@ def pair_correctness(chosen: np.ndarray, rejected: np.ndarray, human_tie: np.nda
     if human_tie is not None:
         correct = np.where(np.asarray(human_tie) > 0, 0.5, correct)
     return correct
-
-
 
 
 def bootstrap_ci(values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> list[float]:
@@ -91,7 +88,6 @@ def expected_calibration_error(
     bins = reliability_bins(chosen, rejected, human_tie, n_bins)
     total = bins["count"].sum()
     return float(np.abs(bins["outcome_sum"] - bins["prob_sum"]).sum() / total) if total else math.nan
-
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -158,7 +158,9 @@ def test_keep_end_gives_the_same_ids_whether_the_prompt_was_encoded_apart_or_not
     for tokenizer in (tiny_tokenizer, word_tokenizer):
         affixes = tokenizing.special_affixes(tokenizer)
         for max_length in (3, 4, 6):
-            apart = tokenizing.tokenize_batch(batch, tokenizing.Encoder(tokenizer, True), max_length, "keep_end", affixes)
+            apart = tokenizing.tokenize_batch(
+                batch, tokenizing.Encoder(tokenizer, True), max_length, "keep_end", affixes
+            )
             whole = tokenizing.tokenize_batch(batch, tokenizing.Encoder(tokenizer), max_length, "keep_end", None)
             assert apart["ids"].to_pylist() == whole["ids"].to_pylist(), (tokenizer, max_length)
             assert "truncated" in apart["_status"].to_pylist()

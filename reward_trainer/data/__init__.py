@@ -32,7 +32,6 @@ Whole-file problems (a missing or empty file, a JSON array that does not parse) 
         --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
 """
 
-
 import json
 import logging
 import math
@@ -68,7 +67,6 @@ class PreferenceData:
     train: Dataset
     eval: Dataset | None
     report: dict = field(default_factory=dict)
-
 
 
 def load_preference_data(
@@ -124,7 +122,6 @@ def load_preference_data(
     return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
 
 
-
 def read_rows(
     name: str, data_args: DataArguments, tokenizer, seed: int, report: dict, subset: str = ""
 ) -> tuple[FormatSpec, dict[str, Dataset]]:
@@ -174,7 +171,6 @@ def _cap(rows: Dataset, limit: int | None, report: dict) -> Dataset:
     return rows.select(range(limit))
 
 
-
 def _count_statuses(rows: Dataset, report: dict) -> None:
     if len(rows) == 0:
         return
@@ -184,4 +180,3 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
     for status, row_scores in zip(statuses, scores, strict=False):
         key = "ties" if status != "filtered" and is_tie(row_scores) else status
         report[key] += 1
-

@@ -371,10 +371,7 @@ def drop_bad_rows(rows: Dataset, on_bad_row: str, report: dict) -> Dataset:
     return rows.select(indices_where(bad, False))
 
 
-
 def indices_where(mask, value: bool) -> list[int]:
     """Indices where the Arrow boolean `mask` equals `value`."""
     array = mask.to_numpy(zero_copy_only=False)
     return np.flatnonzero(array if value else ~array)
-
-

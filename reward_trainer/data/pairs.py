@@ -13,7 +13,6 @@ def is_tie(scores: list[float]) -> bool:
     return len(scores) == 2 and scores[0] == scores[1]
 
 
-
 def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: bool, group_offset: int) -> pa.Table:
     # The pairs are decided in Python from the scores; the token ids stay in Arrow (`take` on the flat list
     # of responses), so no id is converted to a Python int and back.
@@ -102,4 +101,3 @@ def encode_subsets(pairs: Dataset) -> Dataset:
     if "subset" not in pairs.column_names or len(pairs) == 0 or set(pairs.unique("subset")) == {""}:
         return pairs.remove_columns([c for c in ("subset",) if c in pairs.column_names])
     return pairs.class_encode_column("subset")
-

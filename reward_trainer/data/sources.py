@@ -235,4 +235,3 @@ def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-

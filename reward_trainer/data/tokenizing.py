@@ -245,4 +245,3 @@ def tokenize(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataA
         desc="Tokenizing",
     )
     return tokenized.with_format(None)
-
