@@ -30,7 +30,10 @@ SMALL = [
     "4",
 ]
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread for the whole session: on a shared 2-core machine a second thread only contends, and while other
+# processes were busy the in-process training tests ran 4 to 10 times slower on 2 threads than on 1.
+# Subprocesses get the same from `subprocess_env` (OMP_NUM_THREADS=1).
+torch.set_num_threads(1)
 
 
 def subprocess_env(*extra_paths: Path, **extra) -> dict:
@@ -55,15 +58,6 @@ def step_losses(checkpoint: Path) -> dict[int, float]:
     """Training loss by step, from a checkpoint's `trainer_state.json`."""
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     return {log["step"]: log["loss"] for log in history if "loss" in log}
-
-
-@pytest.fixture
-def one_thread():
-    """In-process training on one thread: on a shared 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

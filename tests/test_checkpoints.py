@@ -24,8 +24,6 @@ from reward_trainer import cli
 from reward_trainer.checkpoints import checkpoint_problems, find_resume_checkpoint, resolve_resume_checkpoint
 from reward_trainer.trainer import RewardTrainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def make_checkpoint(path: Path, step: int) -> Path:
     """A checkpoint folder with the files the stock Trainer writes (tiny contents)."""

@@ -21,8 +21,6 @@ from reward_trainer import cli
 
 CONFIGS = REPO_ROOT / "accelerate_configs"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 # --- accelerate configs ---------------------------------------------------------------------------------------
 
 EXPECTED_CONFIGS = {  # file -> (distributed_type, mixed_precision)

@@ -15,8 +15,6 @@ from conftest import SMALL
 from reward_trainer import cli
 from reward_trainer.hub import model_card
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_model_card_metadata():
     card = model_card("me/rm", "openai-community/gpt2", "Anthropic/hh-rlhf", 0.71234, "reward-trainer train --x 1")

@@ -4,15 +4,12 @@ unless asked for."""
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT
 
 from reward_trainer import cli
 from reward_trainer.config import ModelArguments
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _RunsCodeWhenUnpickled:
