@@ -1,3 +1,10 @@
+"""Fixtures and helpers shared by several test files.
+
+Plain helpers (`SMALL`, `subprocess_env`, `step_losses`) are imported with `from conftest import ...`: pytest puts
+this folder on `sys.path`.
+"""
+
+import json
 import os
 from pathlib import Path
 
@@ -7,7 +14,50 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# A few hundred pairs, one log line per step; everything else comes from the quickstart recipe.
+SMALL = [
+    "--config",
+    "recipes/quickstart.yaml",
+    "--num_synthetic_pairs",
+    "250",
+    "--logging_steps",
+    "1",
+    "--warmup_steps",
+    "0",
+    "--disable_tqdm",
+    "true",
+    "--per_device_eval_batch_size",
+    "4",
+]
+
+# One intra-op thread for the whole session: on a shared 2-core machine a second thread only contends, and while other
+# processes were busy the in-process training tests ran 4 to 10 times slower on 2 threads than on 1.
+# Subprocesses get the same from `subprocess_env` (OMP_NUM_THREADS=1).
+torch.set_num_threads(1)
+
+
+def subprocess_env(*extra_paths: Path, **extra) -> dict:
+    """The environment of a subprocess that runs this checkout: the repository root first on PYTHONPATH, so the
+    child imports the `reward_trainer` next to these tests whatever is installed; then `extra_paths`, then the
+    caller's PYTHONPATH. Offline, unbuffered, one thread."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *map(str, extra_paths), *inherited]),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **extra,
+    }
+    env.pop("RANK", None)
+    return env
+
+
+def step_losses(checkpoint: Path) -> dict[int, float]:
+    """Training loss by step, from a checkpoint's `trainer_state.json`."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {log["step"]: log["loss"] for log in history if "loss" in log}
 
 
 @pytest.fixture
@@ -19,6 +69,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
+    """The built-in BPE tokenizer, built once per session: read it, never change it (`copy.deepcopy` first)."""
     from reward_trainer.quickstart import build_tokenizer
 
     return build_tokenizer()

@@ -4,13 +4,19 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT, subprocess_env
 
 from reward_trainer.cli import UsageError, parse_args
 
 
 def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "reward_trainer.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "reward_trainer.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=subprocess_env(),
+        timeout=120,
     )
 
 
@@ -59,8 +65,6 @@ def test_flags_override_the_recipe(tmp_path):
 
 
 def test_every_recipe_parses():
-    from conftest import REPO_ROOT
-
     recipes = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
     assert recipes
     for recipe in recipes:

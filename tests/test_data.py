@@ -23,13 +23,6 @@ BUCKETS = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from reward_trainer.quickstart import build_tokenizer
-
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
 def word_tokenizer():
     """A BERT-style tokenizer with one token per word: [CLS] words [SEP], so ids can be derived by hand."""
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *"a b c d e f g h".split(), ":", "?"]
@@ -455,7 +448,6 @@ def test_encoding_plan_keeps_tokenizer_truncation_off(tiny_tokenizer):
     assert encode(["a b c d e f g h"]) == [ids(tiny_tokenizer, "a b c d e f g h")]
 
 
-@pytest.mark.slow  # starting worker processes takes ~30 s on 2 busy cores
 def test_num_proc_gives_the_same_pairs(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "n.jsonl", pairs(40))
     one = load(path, tiny_tokenizer, tmp_path / "a")

@@ -6,19 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from reward_trainer.config import DataArguments
 from reward_trainer.data import load_preference_data
 from reward_trainer.errors import DataError
 
 BROKEN = Path(__file__).resolve().parent / "data" / "broken"
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from reward_trainer.quickstart import build_tokenizer
-
-    return build_tokenizer()
 
 
 PANDALM_FLAGS = dict(
@@ -109,6 +103,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         ],
         capture_output=True,
         text=True,
+        env=subprocess_env(),
         timeout=300,
     )
     assert result.returncode == 2, result.stderr

@@ -4,27 +4,18 @@ against values computed here independently of `reward_trainer.data`."""
 import gzip
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from reward_trainer.config import DataArguments
 from reward_trainer.data import load_preference_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 HH = SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 PANDALM = SHARED_DATA / "pandalm" / "testset-v1.json"
 MARKER = "\n\nAssistant:"
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from reward_trainer.quickstart import build_tokenizer
-
-    return build_tokenizer()
 
 
 def need(path: Path) -> Path:

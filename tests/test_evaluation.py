@@ -155,14 +155,13 @@ def test_compute_metrics_reports_the_same_figures_during_training():
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from reward_trainer.quickstart import build_tiny_gpt2, build_tokenizer
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    from reward_trainer.quickstart import build_tiny_gpt2
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer()
     path = tmp_path_factory.mktemp("tiny")
-    build_tiny_gpt2(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    build_tiny_gpt2(tiny_tokenizer).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
     return path
 
 

@@ -22,6 +22,7 @@ def run(argv, capsys) -> tuple[int, list[str]]:
     return code, [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
 
+@pytest.mark.slow  # trains and scores the 2,312 HH rows: ~10 s
 def test_hh_rlhf_trains_and_evaluates_with_default_flags(shared_data, tmp_path, capsys):
     """HH-RLHF's harmless test split has 4 rows whose final response is a single space: they are responses
     (the annotators preferred saying nothing), so both commands read all 2,312 rows with `on_bad_row` left at
@@ -108,6 +109,7 @@ def test_ddp_skips_the_search_for_unused_parameters_by_default(tmp_path):
     assert args.ddp_find_unused_parameters is True  # still settable
 
 
+@pytest.mark.slow  # a training run: ~4 s
 def test_the_data_report_is_logged_once(tmp_path, capsys, caplog):
     with caplog.at_level(logging.INFO, logger="reward_trainer"):
         code, _ = run(["train", "--output_dir", str(tmp_path), "--num_synthetic_pairs", "64", *TINY_RUN], capsys)
@@ -116,6 +118,7 @@ def test_the_data_report_is_logged_once(tmp_path, capsys, caplog):
     assert len(reports) == 1, [r.getMessage() for r in reports]
 
 
+@pytest.mark.slow  # two training runs: ~5 s
 def test_training_without_eval_data_skips_evaluation(tmp_path, capsys, caplog):
     rows = [{"prompt": f"Q{i}?", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(16)]
     path = tmp_path / "pairs.jsonl"

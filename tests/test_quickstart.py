@@ -39,6 +39,7 @@ def test_response_only_frequency_shortcut_is_chance():
     assert 0.45 <= acc <= 0.55
 
 
+@pytest.mark.slow  # trains 2 epochs on 3000 pairs: ~5 s
 def test_step_by_step_python_flow(tmp_path):
     """Build model, build data, train, score a few texts, save, and a `score(prompt, response)` for PPO."""
     from reward_trainer import PreferenceCollator, RewardConfig, RewardScorer, RewardTrainer

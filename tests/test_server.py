@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import subprocess_env
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -102,6 +103,7 @@ def test_serve_command_rejects_a_missing_model(tmp_path):
         [sys.executable, "-m", "reward_trainer.cli", "serve", "--model_name_or_path", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
+        env=subprocess_env(),
         timeout=120,
     )
     assert result.returncode == 2 and "nope" in result.stderr and "Traceback" not in result.stderr

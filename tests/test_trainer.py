@@ -140,6 +140,7 @@ RELOAD_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a whole `train` run, then a fresh interpreter: ~4 s
 def test_trained_model_reloads_in_plain_transformers(tmp_path):
     from reward_trainer.cli import parse_args
     from reward_trainer.quickstart import make_pairs

@@ -1,0 +1,191 @@
+"""Scale: every accelerate config loads, 2 processes train like 1, bf16 mixed precision on CPU.
+
+The 2-process test runs `accelerate launch scripts/train_reward.py` and the script itself in subprocesses on a few
+hundred synthetic pairs; the bf16 test calls the CLI in-process.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, SMALL, step_losses, subprocess_env
+from safetensors.torch import load_file
+
+from reward_trainer import cli
+
+CONFIGS = REPO_ROOT / "accelerate_configs"
+
+# --- accelerate configs ---------------------------------------------------------------------------------------
+
+EXPECTED_CONFIGS = {  # file -> (distributed_type, mixed_precision)
+    "cpu.yaml": ("MULTI_GPU", "no"),  # torchrun launcher; `use_cpu` makes the processes CPU-only, over gloo
+    "single_gpu.yaml": ("NO", "bf16"),
+    "fp16.yaml": ("NO", "fp16"),
+    "multi_gpu.yaml": ("MULTI_GPU", "bf16"),
+    "multi_node.yaml": ("MULTI_GPU", "bf16"),
+    "fsdp.yaml": ("FSDP", "bf16"),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", "bf16"),
+    "deepspeed_zero3.yaml": ("DEEPSPEED", "bf16"),
+}
+
+
+def test_every_accelerate_config_loads_and_names_its_launch_command():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert sorted(p.name for p in CONFIGS.glob("**/*.yaml")) == sorted(EXPECTED_CONFIGS)
+    for name, (distributed_type, mixed_precision) in EXPECTED_CONFIGS.items():
+        path = CONFIGS / name
+        config = load_config_from_file(str(path))
+        assert (config.distributed_type.value, config.mixed_precision) == (distributed_type, mixed_precision), name
+        header = path.read_text().split("\ncompute_environment")[0]
+        assert re.search(
+            rf"# +accelerate launch --config_file accelerate_configs/{name} .*scripts/train_reward.py", header
+        ), name
+
+    cpu = load_config_from_file(str(CONFIGS / "cpu.yaml"))
+    assert (cpu.num_processes, cpu.use_cpu) == (2, True)
+    node = load_config_from_file(str(CONFIGS / "multi_node.yaml"))
+    assert node.num_machines == 2 and node.main_process_ip and node.main_process_port
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml")).fsdp_config
+    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    zero2 = load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config
+    zero3 = load_config_from_file(str(CONFIGS / "deepspeed_zero3.yaml")).deepspeed_config
+    assert zero2["zero_stage"] == 2
+    assert zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True
+
+
+# --- two processes ----------------------------------------------------------------------------------------------
+
+# Loaded by every Python process of the run (through PYTHONPATH): logs which rank writes which checkpoint file.
+WRITE_LOGGER = """
+import os, safetensors.torch, torch
+def _wrap(fn):
+    def wrapped(obj, path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)):
+            with open(os.environ["WRITE_LOG"], "a") as log:
+                log.write(f"{os.environ.get('RANK', '-')} {os.fspath(path)}\\n")
+        return fn(obj, path, *args, **kwargs)
+    return wrapped
+safetensors.torch.save_file = _wrap(safetensors.torch.save_file)
+torch.save = _wrap(torch.save)
+"""
+
+
+@pytest.mark.slow  # `accelerate launch` with 2 processes beside a 1-process run: ~10 s
+def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
+    """2 processes x 8 pairs per step == 1 process x 16: same per-step losses, same eval set, one writer."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(WRITE_LOGGER)
+    write_log = tmp_path / "writes.log"
+    run = SMALL + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3"]
+    two = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(CONFIGS / "cpu.yaml"),
+            "scripts/train_reward.py",
+            *run,
+            "--per_device_train_batch_size",
+            "8",
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(hook, WRITE_LOG=str(write_log)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    one = subprocess.run(
+        [
+            sys.executable,
+            "scripts/train_reward.py",
+            *run,
+            "--per_device_train_batch_size",
+            "16",
+            "--output_dir",
+            str(tmp_path / "one"),
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out, _ = two.communicate(timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, out[-3000:]
+    assert "find_unused_parameters=True was specified" not in out  # no extra autograd traversal per step
+    assert "rng_state_1.pth" in os.listdir(tmp_path / "two" / "checkpoint-6")  # really 2 processes
+
+    losses_one, losses_two = (
+        step_losses(tmp_path / "one" / "checkpoint-6"),
+        step_losses(tmp_path / "two" / "checkpoint-6"),
+    )
+    assert sorted(losses_two) == list(range(1, 7))
+    np.testing.assert_allclose(
+        [losses_two[s] for s in range(1, 7)], [losses_one[s] for s in range(1, 7)], atol=1e-4, rtol=0
+    )
+
+    eval_pairs = json.loads((tmp_path / "two" / "data_report.json").read_text())["eval_pairs"]
+    assert eval_pairs % 8 != 0  # so 2 processes x batch 4 would need padding: duplicates would show
+    metrics_two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    metrics_one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    assert metrics_two["eval_num_pairs"] == metrics_one["eval_num_pairs"] == eval_pairs
+    # Metrics come from the gathered per-pair rewards, padding removed. (Not `eval_loss`: the stock Trainer
+    # averages per-batch losses, and the last batch of a process holds the sampler's padding duplicates.)
+    assert metrics_two["eval_accuracy"] == metrics_one["eval_accuracy"]
+    for key in ("eval_margin", "eval_chosen_reward_mean", "eval_rejected_reward_std"):
+        assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-4), key
+
+    writes = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
+    by_rank = {rank: {Path(p).name for r, p in writes if r == rank} for rank in {r for r, _ in writes}}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth"} <= by_rank["0"]
+    assert by_rank["1"] == {"rng_state_1.pth"}  # each process keeps its own RNG state; nothing else
+
+
+# --- mixed precision ----------------------------------------------------------------------------------------------
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path, monkeypatch):
+    """`--bf16` trains under CPU autocast: the linear layers compute in bfloat16, master weights stay fp32."""
+    from reward_trainer import train as train_module
+
+    seen = []
+    load = train_module.load_reward_model
+
+    def load_and_watch(model_args):
+        model, tokenizer = load(model_args)
+        model.score.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        return model, tokenizer
+
+    monkeypatch.setattr(train_module, "load_reward_model", load_and_watch)
+    argv = [
+        "train",
+        *SMALL,
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "8",
+        "--bf16",
+        "true",
+        "--eval_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    assert seen and set(seen) == {torch.bfloat16}
+    weights = load_file(tmp_path / "model.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())

@@ -1,0 +1,118 @@
+"""The Hub: the model card's metadata, and `--push_to_hub` uploading weights, tokenizer, card and results (the
+Hub API is replaced by a local folder: no network)."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL
+
+from reward_trainer import cli
+from reward_trainer.hub import model_card
+
+
+def test_model_card_metadata():
+    card = model_card("me/rm", "openai-community/gpt2", "Anthropic/hh-rlhf", 0.71234, "reward-trainer train --x 1")
+    assert card.data.base_model == "openai-community/gpt2"
+    assert card.data.datasets == ["Anthropic/hh-rlhf"]
+    assert "reward-model" in card.data.tags
+    metric = card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]
+    assert (metric["type"], metric["value"]) == ("accuracy", 0.7123)
+    assert "```bash\nreward-trainer train --x 1\n```" in card.text
+    local = model_card("me/rm", "builtin:tiny-gpt2", "/data/pairs.jsonl", None, "c")  # not Hub ids: not in the YAML
+    assert local.data.base_model is None and local.data.datasets is None and "`builtin:tiny-gpt2`" in local.text
+
+
+def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
+    """Intercepts `huggingface_hub.HfApi` (what `Trainer.push_to_hub` calls): no network, a folder as the repo."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi, ModelCard, RepoUrl
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reward_trainer.metrics import pair_correctness
+    from reward_trainer.quickstart import make_pairs
+
+    hub, calls = tmp_path / "hub", []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), path_in_repo=None, **kwargs):
+        calls.append(("upload_folder", repo_id))
+        for name in os.listdir(folder_path):
+            source = Path(folder_path) / name
+            if source.is_file() and not any(fnmatch(name, p) for p in ignore_patterns):
+                (hub / repo_id).mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, hub / repo_id / name)
+
+    def create_commit(self, *args, **kwargs):
+        raise AssertionError("unexpected create_commit")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    argv = [
+        "train",
+        *SMALL,
+        "--max_steps",
+        "20",
+        "--per_device_train_batch_size",
+        "16",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "user/tiny-rm",
+    ]
+    monkeypatch.setattr(sys, "argv", ["reward-trainer", *argv])
+    assert cli.main(argv) == 0
+
+    assert calls == [("create_repo", "user/tiny-rm"), ("upload_folder", "user/tiny-rm")]
+    repo = hub / "user" / "tiny-rm"
+    assert sorted(os.listdir(repo)) == sorted(
+        [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "training_args.bin",
+            "all_results.json",
+            "eval_results.json",
+            "train_results.json",
+            "data_report.json",
+        ]
+    )
+    metrics = json.loads((repo / "eval_results.json").read_text())
+    card = ModelCard.load(repo / "README.md")
+    assert "reward-model" in card.data.tags and card.data.library_name == "transformers"
+    result = card.data.to_dict()["model-index"][0]["results"][0]
+    assert result["metrics"][0]["value"] == round(metrics["eval_accuracy"], 4)
+    assert result["dataset"]["name"] == "builtin:code-book"
+    assert "reward-trainer train --config recipes/quickstart.yaml --num_synthetic_pairs 250" in card.text
+    assert "--push_to_hub true --hub_model_id user/tiny-rm" in card.text
+
+    # The pushed folder alone reproduces the eval rewards: accuracy exactly, mean rewards to float precision.
+    model = AutoModelForSequenceClassification.from_pretrained(repo).eval()
+    tokenizer = AutoTokenizer.from_pretrained(repo)
+    pairs = make_pairs(25, seed=42 + 1)  # the built-in held-out set of 250 pairs, as data.py builds it
+    assert len(pairs) == metrics["eval_num_pairs"]
+    with torch.no_grad():
+
+        def rewards(key):
+            return np.array(
+                [model(**tokenizer(p["prompt"] + p[key], return_tensors="pt")).logits[0, 0].item() for p in pairs]
+            )
+
+        chosen, rejected = rewards("chosen"), rewards("rejected")
+    assert pair_correctness(chosen, rejected).mean() == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
+    assert chosen.mean() == pytest.approx(metrics["eval_chosen_reward_mean"], abs=1e-4)
+    assert rejected.mean() == pytest.approx(metrics["eval_rejected_reward_mean"], abs=1e-4)

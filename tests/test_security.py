@@ -1,0 +1,41 @@
+"""Safety of what is loaded: a pickle-only checkpoint is refused without being unpickled; remote code stays off
+unless asked for."""
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from conftest import REPO_ROOT
+
+from reward_trainer import cli
+from reward_trainer.config import ModelArguments
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_only_checkpoint_is_refused_without_unpickling(tmp_path, capsys):
+    model_dir, marker = tmp_path / "pickled-model", tmp_path / "pwned"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2}))
+    torch.save({"payload": _RunsCodeWhenUnpickled(marker)}, model_dir / "pytorch_model.bin")
+
+    assert cli.main(["train", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "pytorch_model.bin" in err and "safetensors only" in err and str(model_dir) in err
+    assert not marker.exists()
+
+
+def test_remote_code_is_off_unless_asked_for():
+    model_args, *_ = cli.parse_args([])
+    assert ModelArguments().trust_remote_code is False and model_args.trust_remote_code is False
+    assert cli.parse_args(["--trust_remote_code", "true"])[0].trust_remote_code is True
+    recipe = yaml.safe_load((REPO_ROOT / "recipes" / "quickstart.yaml").read_text())
+    assert not recipe.get("trust_remote_code", False)
