@@ -13,12 +13,11 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 
+from ..chat import ASSISTANT_MARKER, parse_implicit_conversation
 from ..config import DataArguments
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
 from .sources import SINGLE_OBJECT
-
-ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class FormatSpec:
     label_columns: tuple = ()
     label_values: tuple = ()  # ((label as str, response index or "tie"), ...)
     has_margin: bool = False
+    chat_implicit: bool = False  # implicit-prompt text parsed into messages and rendered with the chat template
 
 
 class RowError(ValueError):
@@ -207,7 +207,10 @@ def _render_conversation(
     tokenizer, template: str, prompt: list[dict], responses: list[list[dict]]
 ) -> tuple[str, list[str]]:
     """Renders prompt and each prompt + response with the chat template; responses are the added text."""
-    full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
+    try:
+        full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
+    except Exception as err:  # jinja's TemplateError, or whatever the template raises (e.g. roles must alternate)
+        raise RowError("chosen", f"the chat template cannot render the conversation: {err}") from None
     for generation_prompt in (True, False):
         text = (
             tokenizer.apply_chat_template(
@@ -262,9 +265,13 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
             scores = [float(len(responses) - i) for i in range(len(responses))]
             margin = 0.0  # ranks, not scores: no margin
     else:
-        if spec.format == "conversational":
-            chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
-            if "prompt" in row and row["prompt"] is not None:
+        if spec.format == "conversational" or (spec.format == "implicit_prompt" and chat_template):
+            if spec.format == "implicit_prompt":
+                chosen = parse_implicit_conversation(_string(row, "chosen"))
+                rejected = parse_implicit_conversation(_string(row, "rejected"))
+            else:
+                chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+            if spec.format == "conversational" and "prompt" in row and row["prompt"] is not None:
                 prompt_msgs = _messages(row, "prompt")
             else:  # implicit: the shared messages before the last differing one
                 n = 0
@@ -344,7 +351,7 @@ def normalize(
         "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
         "_bucket": Value("float64"),
     })  # fmt: skip
-    template = chat_template if spec.format == "conversational" else ""
+    template = chat_template if spec.format == "conversational" or spec.chat_implicit else ""
     return raw.map(
         _normalize_batch,
         batched=True,
