@@ -183,3 +183,16 @@ def test_train_save_reload_read_the_reward_at_the_same_token(chat_backbone, hh_f
     with serve_in_background(create_app(scorer, ServeArguments(str(out)))) as url:
         served = httpx.post(f"{url}/score", json={"texts": texts}, timeout=60).json()["rewards"]
     torch.testing.assert_close(served, plain, atol=1e-5, rtol=0)
+
+
+def test_both_renderings_hold_out_the_same_rows(hh_file):
+    from reward_trainer.data import read_rows
+
+    tokenizer = chatml_tokenizer()
+    buckets = {}
+    for rendering in ("chat_template", "raw"):
+        args = DataArguments(dataset_name=str(hh_file), implicit_prompt_rendering=rendering)
+        _, splits = read_rows(str(hh_file), args, tokenizer, seed=0, report={"input_rows": 0, "empty_responses": 0})
+        buckets[rendering] = splits["train"]["_bucket"]
+        assert splits["train"][0]["prompt"].startswith("<|im_start|>" if rendering == "chat_template" else "\n\n")
+    assert buckets["chat_template"] == buckets["raw"]

@@ -229,6 +229,7 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     if spec.rename:
         row = {dict(spec.rename).get(k, k): v for k, v in row.items()}
     margin = math.nan  # stays NaN only for rankings with scores: each pair's margin is then its score difference
+    split_key = None  # the text the eval split hashes; None: the prompt
     if spec.format == "column_mapping":
         margin = 0.0
         prompt = "\n\n".join(_string(row, c) for c in spec.prompt_columns if row.get(c))
@@ -267,6 +268,8 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     else:
         if spec.format == "conversational" or (spec.format == "implicit_prompt" and chat_template):
             if spec.format == "implicit_prompt":
+                # The held-out split hashes the text's own prompt, so both renderings hold out the same rows.
+                split_key = split_implicit_prompt(_string(row, "chosen"), _string(row, "rejected"))[0]
                 chosen = parse_implicit_conversation(_string(row, "chosen"))
                 rejected = parse_implicit_conversation(_string(row, "rejected"))
             else:
@@ -298,7 +301,8 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     if len(set(responses)) < len(responses):
         raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
     subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
-    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+    out = {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+    return out | ({"_split_key": split_key} if split_key is not None else {})
 
 
 def _normalize_batch(
@@ -327,17 +331,19 @@ def _normalize_batch(
             except RowError as err:
                 error = str(err)
         result["subset"] = result["subset"] or subset
+        split_key = result.pop("_split_key", result["prompt"])
         for key, value in result.items():
             out[key].append(value)
         out["_file"].append(file)
         out["_row"].append(row_number)
         out["_error"].append(error)
-        out["_bucket"].append(prompt_bucket(result["prompt"], seed))
+        out["_bucket"].append(prompt_bucket(split_key, seed))
     return out
 
 
 def prompt_bucket(prompt: str, seed: int) -> float:
-    """A number in [0, 1) fixed by the prompt text and seed: rows go to eval when it is < eval_fraction."""
+    """A number in [0, 1) fixed by the prompt text and seed: rows go to eval when it is < eval_fraction. For
+    implicit-prompt rows rendered with the chat template, the prompt text is the raw one (`split_implicit_prompt`)."""
     digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
