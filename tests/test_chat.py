@@ -149,6 +149,8 @@ def test_train_save_reload_read_the_reward_at_the_same_token(chat_backbone, hh_f
     )  # fmt: skip
     train(ModelArguments(model_name_or_path=str(chat_backbone)), data_args, args)
 
+    # `reward-trainer evaluate` reads how HH text was rendered from config.json.
+    assert json.loads((out / "config.json").read_text())["implicit_prompt_rendering"] == "chat_template"
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()  # plain transformers
     tokenizer = AutoTokenizer.from_pretrained(out)
     conversations = [parse_implicit_conversation(row["chosen"]) for row in hh_rows()]
