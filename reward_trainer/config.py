@@ -127,7 +127,9 @@ class DataArguments:
             "help": 'Implicit-prompt (HH-RLHF) text: `chat_template` parses its "\\n\\nHuman:" / "\\n\\nAssistant:" '
             "turns into messages and renders them with the tokenizer's chat template (the model's own format); "
             "`raw` keeps the text as it is; `auto` (default) is `chat_template` when the tokenizer has a template "
-            "of its own, else `raw`. See BENCHMARKS.md for the accuracy of both on SmolLM2-135M-Instruct.",
+            "of its own, else `raw`: a reward model scores a policy's conversations, rendered with the template, so it is "
+            "trained in that format (on SmolLM2-135M-Instruct both renderings measured within each other's 95% "
+            "interval after 24 steps; raw costs 13% fewer tokens: BENCHMARKS.md).",
             "choices": ["auto", "raw", "chat_template"],
         },
     )
