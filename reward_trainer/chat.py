@@ -1,8 +1,23 @@
-"""Rendering conversations as text: the chat template used when a tokenizer has none.
+"""Rendering conversations as text: chat templates, and HH-RLHF's plain-text turns as messages.
 
 Training (conversational data) and scoring (`RewardScorer.score_conversations`) render messages the same way:
 with the tokenizer's own chat template, else `DEFAULT_CHAT_TEMPLATE`, "role: content" turns separated by blank lines.
+
+Implicit-prompt conversations (HH-RLHF: "\\n\\nHuman: ...\\n\\nAssistant: ...") are plain text. With
+`implicit_prompt_rendering` "chat_template" (or "auto" and a tokenizer with a template) they are parsed into
+messages (`parse_implicit_conversation`) and rendered with the template, so an instruct model sees its own format.
+
+Where the reward is read: the tokenizer `reward_trainer.modeling` prepares appends EOS to every text, the
+rendered chat text included, so a conversation ends with the template's end-of-turn text and then that EOS:
+SmolLM2 `... response<|im_end|>\\n<|im_end|>`, the reward read at the last `<|im_end|>` (the appended one).
+Any path that tokenizes the rendered text with the saved tokenizer (training, `RewardScorer`, the server, plain
+`AutoTokenizer` + `AutoModelForSequenceClassification`) reads it at that same token. Not
+`apply_chat_template(..., tokenize=True)`: it adds no special tokens, so its ids lack the EOS.
 """
+
+HUMAN_MARKER = "\n\nHuman:"
+ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
+IMPLICIT_PROMPT_RENDERINGS = ("auto", "raw", "chat_template")
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n\n{% endfor %}"
@@ -13,3 +28,36 @@ DEFAULT_CHAT_TEMPLATE = (
 def chat_template_of(tokenizer) -> str:
     """The tokenizer's chat template, or `DEFAULT_CHAT_TEMPLATE` when it has none."""
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
+def renders_implicit_prompt_with_template(rendering: str, tokenizer) -> bool:
+    """Whether implicit-prompt text is rendered with the chat template: `chat_template` always (the default
+    template when the tokenizer has none), `raw` never, `auto` when the tokenizer has its own template."""
+    if rendering not in IMPLICIT_PROMPT_RENDERINGS:
+        raise ValueError(f"implicit_prompt_rendering must be one of {IMPLICIT_PROMPT_RENDERINGS}, got {rendering!r}")
+    if rendering == "auto":
+        return bool(getattr(tokenizer, "chat_template", None))
+    return rendering == "chat_template"
+
+
+def parse_implicit_conversation(text: str) -> list[dict]:
+    """HH-RLHF text -> messages: each "\\n\\nHuman:" turn is a `user` message, each "\\n\\nAssistant:" turn an
+    `assistant` one, content stripped of surrounding whitespace. Text before the first marker, if any, is a
+    `user` message of its own.
+
+    >>> parse_implicit_conversation("\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: bye\\n\\nAssistant:")
+    [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}, {'role': 'user', 'content': 'bye'}, {'role': 'assistant', 'content': ''}]
+    """
+    markers = ((HUMAN_MARKER, "user"), (ASSISTANT_MARKER, "assistant"))
+    messages, role, start, position = [], "user", 0, 0
+    while True:
+        found = [(text.find(marker, position), marker, r) for marker, r in markers]
+        found = [f for f in found if f[0] >= 0]
+        end = min(found)[0] if found else len(text)
+        content = text[start:end].strip()
+        if content or (messages or start > 0):
+            messages.append({"role": role, "content": content})
+        if not found:
+            return messages
+        end, marker, role = min(found)
+        start = position = end + len(marker)

@@ -18,20 +18,27 @@ from .scorer import RewardScorer
 
 
 def read_texts(
-    names: Sequence[str], args: EvaluateArguments, tokenizer=None
+    names: Sequence[str], args: EvaluateArguments, tokenizer=None, implicit_prompt_rendering: str = "auto"
 ) -> tuple[dict[str, list], list[dict], dict]:
     """The pairs and rankings of each source, read, normalized and checked by `data.read_rows` as for training.
 
     Returns pair columns `prompt`, `chosen`, `rejected`, `tie` and `subset`; rankings (rows of more than two
     responses) as `{"prompt", "responses", "scores"}`; and the row accounting (`input_rows`, `skipped`,
     `skipped_rows`, `empty_responses`). The whole `args.split` of each source is read (its first `args.max_samples` rows, if set);
-    the subset of a row is its `source`/`subset` field, else, with several sources, its source.
+    the subset of a row is its `source`/`subset` field, else, with several sources, its source. Implicit-prompt
+    (HH) text is rendered as `implicit_prompt_rendering` says (see `DataArguments`).
     """
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
     rankings, accounting = [], {"input_rows": 0, "skipped": 0, "skipped_rows": [], "empty_responses": 0}
     subsets = subset_names(list(names))
     for name in names:
-        data_args = DataArguments(dataset_name=name, train_split=args.split, eval_split="", on_bad_row=args.on_bad_row)
+        data_args = DataArguments(
+            dataset_name=name,
+            train_split=args.split,
+            eval_split="",
+            on_bad_row=args.on_bad_row,
+            implicit_prompt_rendering=implicit_prompt_rendering,
+        )
         _, splits = read_rows(name, data_args, tokenizer, args.seed, accounting, subset=subsets[name])
         rows = splits["train"]
         if args.max_samples:
@@ -57,7 +64,9 @@ def evaluate_model(args: EvaluateArguments) -> dict:
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     scorer = RewardScorer(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
     names = args.dataset_name
-    pairs, rankings, accounting = read_texts(names, args, tokenizer)
+    # HH text rendered as the model was trained (config.json says how), else by the tokenizer (`auto`).
+    rendering = getattr(model.config, "implicit_prompt_rendering", "auto")
+    pairs, rankings, accounting = read_texts(names, args, tokenizer, rendering)
     if not pairs["chosen"] and not rankings:
         raise DataError(f"{', '.join(names)}: no rows to evaluate")
 

@@ -14,6 +14,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import IntervalStrategy
 
+from .chat import renders_implicit_prompt_with_template
 from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_data_report
@@ -63,6 +64,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
+    # Saved in config.json, so that `reward-trainer evaluate` renders HH text as training did.
+    chat = renders_implicit_prompt_with_template(data_args.implicit_prompt_rendering, tokenizer)
+    model.config.implicit_prompt_rendering = "chat_template" if chat else "raw"
 
     if data.eval is None and training_args.eval_strategy != IntervalStrategy.NO:
         skip_evaluation(training_args)

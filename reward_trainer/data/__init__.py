@@ -34,6 +34,7 @@ file that is not JSON rows, a missing column, a JSON array that does not parse) 
         --label_columns annotator1 annotator2 annotator3 --label_values '{"0": "tie", "1": 0, "2": 1}'
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
-from ..chat import chat_template_of
+from ..chat import chat_template_of, renders_implicit_prompt_with_template
 from ..config import DataArguments
 from ..errors import DataError
 from .formats import FormatSpec, drop_bad_rows, indices_where, normalize, resolve_format, split_implicit_prompt
@@ -135,7 +136,16 @@ def read_rows(
     """
     raw_splits = read_source(name, data_args, seed)
     spec = resolve_format(raw_splits["train"], data_args, name)
-    logger.info("data: %s: format %s%s", name, spec.format, " with margins" if spec.has_margin else "")
+    if spec.format == "implicit_prompt":
+        chat = renders_implicit_prompt_with_template(data_args.implicit_prompt_rendering, tokenizer)
+        spec = dataclasses.replace(spec, chat_implicit=chat)
+    logger.info(
+        "data: %s: format %s%s%s",
+        name,
+        spec.format,
+        " with margins" if spec.has_margin else "",
+        ", rendered with the chat template" if spec.chat_implicit else "",
+    )
     chat_template = chat_template_of(tokenizer)
     splits = {
         key: normalize(

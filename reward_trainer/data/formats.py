@@ -13,12 +13,11 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 
+from ..chat import ASSISTANT_MARKER, parse_implicit_conversation
 from ..config import DataArguments
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
 from .sources import SINGLE_OBJECT
-
-ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class FormatSpec:
     label_columns: tuple = ()
     label_values: tuple = ()  # ((label as str, response index or "tie"), ...)
     has_margin: bool = False
+    chat_implicit: bool = False  # implicit-prompt text parsed into messages and rendered with the chat template
 
 
 class RowError(ValueError):
@@ -207,7 +207,10 @@ def _render_conversation(
     tokenizer, template: str, prompt: list[dict], responses: list[list[dict]]
 ) -> tuple[str, list[str]]:
     """Renders prompt and each prompt + response with the chat template; responses are the added text."""
-    full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
+    try:
+        full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
+    except Exception as err:  # jinja's TemplateError, or whatever the template raises (e.g. roles must alternate)
+        raise RowError("chosen", f"the chat template cannot render the conversation: {err}") from None
     for generation_prompt in (True, False):
         text = (
             tokenizer.apply_chat_template(
@@ -226,6 +229,7 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     if spec.rename:
         row = {dict(spec.rename).get(k, k): v for k, v in row.items()}
     margin = math.nan  # stays NaN only for rankings with scores: each pair's margin is then its score difference
+    split_key = None  # the text the eval split hashes; None: the prompt
     if spec.format == "column_mapping":
         margin = 0.0
         prompt = "\n\n".join(_string(row, c) for c in spec.prompt_columns if row.get(c))
@@ -262,9 +266,15 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
             scores = [float(len(responses) - i) for i in range(len(responses))]
             margin = 0.0  # ranks, not scores: no margin
     else:
-        if spec.format == "conversational":
-            chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
-            if "prompt" in row and row["prompt"] is not None:
+        if spec.format == "conversational" or (spec.format == "implicit_prompt" and chat_template):
+            if spec.format == "implicit_prompt":
+                # The held-out split hashes the text's own prompt, so both renderings hold out the same rows.
+                split_key = split_implicit_prompt(_string(row, "chosen"), _string(row, "rejected"))[0]
+                chosen = parse_implicit_conversation(_string(row, "chosen"))
+                rejected = parse_implicit_conversation(_string(row, "rejected"))
+            else:
+                chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+            if spec.format == "conversational" and "prompt" in row and row["prompt"] is not None:
                 prompt_msgs = _messages(row, "prompt")
             else:  # implicit: the shared messages before the last differing one
                 n = 0
@@ -291,7 +301,8 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     if len(set(responses)) < len(responses):
         raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
     subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
-    return {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+    out = {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+    return out | ({"_split_key": split_key} if split_key is not None else {})
 
 
 def _normalize_batch(
@@ -320,17 +331,19 @@ def _normalize_batch(
             except RowError as err:
                 error = str(err)
         result["subset"] = result["subset"] or subset
+        split_key = result.pop("_split_key", result["prompt"])
         for key, value in result.items():
             out[key].append(value)
         out["_file"].append(file)
         out["_row"].append(row_number)
         out["_error"].append(error)
-        out["_bucket"].append(prompt_bucket(result["prompt"], seed))
+        out["_bucket"].append(prompt_bucket(split_key, seed))
     return out
 
 
 def prompt_bucket(prompt: str, seed: int) -> float:
-    """A number in [0, 1) fixed by the prompt text and seed: rows go to eval when it is < eval_fraction."""
+    """A number in [0, 1) fixed by the prompt text and seed: rows go to eval when it is < eval_fraction. For
+    implicit-prompt rows rendered with the chat template, the prompt text is the raw one (`split_implicit_prompt`)."""
     digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -344,7 +357,7 @@ def normalize(
         "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
         "_bucket": Value("float64"),
     })  # fmt: skip
-    template = chat_template if spec.format == "conversational" else ""
+    template = chat_template if spec.format == "conversational" or spec.chat_implicit else ""
     return raw.map(
         _normalize_batch,
         batched=True,
