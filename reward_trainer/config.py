@@ -344,3 +344,24 @@ class ServeArguments:
     )
     max_body_bytes: int = field(default=16 * 2**20, metadata={"help": "Larger request bodies get 413."})
     max_texts: int = field(default=4096, metadata={"help": "Requests with more texts get 413."})
+    max_queue_texts: int = field(
+        default=16384,
+        metadata={
+            "help": "Most texts waiting to be scored; a request that would pass it gets 503 with `Retry-After` at "
+            "once (the queue's texts over the measured throughput, in seconds)."
+        },
+    )
+    request_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "A request not answered this many seconds after it arrived gets 503 (and leaves the queue if "
+            "not yet scored). Also the longest wait for requests in flight on SIGTERM."
+        },
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Require `Authorization: Bearer <key>` on every endpoint but /health (else 401). Prefer the "
+            "environment variable REWARD_TRAINER_API_KEY: a flag shows in the process list."
+        },
+    )
