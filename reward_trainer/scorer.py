@@ -121,12 +121,15 @@ class RewardScorer:
             return self.score_conversations([p + c for p, c in zip(prompts, completions)], groups=groups)
         return self.score(prompts, completions)
 
-    def score(self, prompts: list[str], responses: list[str], normalize: bool = False) -> list[float]:
+    def score(
+        self, prompts: list[str], responses: list[str], normalize: bool = False, progress: bool = False
+    ) -> list[float]:
         """Reward of each `prompt + response`, tokenized as one text exactly as in training; responses to the
         same prompt are scored as a group (the prompt encoded once, for causal models)."""
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize, groups=prompts)
+        texts = [p + r for p, r in zip(prompts, responses)]
+        return self.score_texts(texts, normalize=normalize, progress=progress, groups=prompts)
 
     def score_conversations(
         self, messages_lists: list[list[dict]], normalize: bool = False, groups: list[Hashable] | None = None
