@@ -358,6 +358,14 @@ class ServeArguments:
             "not yet scored). Also the longest wait for requests in flight on SIGTERM."
         },
     )
+    strip_from_query: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Strings removed from `/get_reward` queries (and their prompts) before scoring: the policy's "
+            "padding or other special-token strings left in by a client that decodes with special tokens, e.g. "
+            "`--strip_from_query '<|endoftext|>'` when the policy pads with it and the reward model never saw it."
+        },
+    )
     api_key: str | None = field(
         default=None,
         metadata={

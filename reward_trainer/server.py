@@ -41,9 +41,12 @@ class RequestError(Exception):
         self.status = status
 
 
-def texts_of_request(payload, endpoint: str, max_texts: int) -> tuple[list[str], list[str] | None]:
+def texts_of_request(
+    payload, endpoint: str, max_texts: int, strip: list[str] | None = None
+) -> tuple[list[str], list[str] | None]:
     """The texts to score in a decoded JSON body and their prompts (group keys: texts of one prompt are scored
-    as a group, the prompt encoded once), or a `RequestError` that says what is wrong."""
+    as a group, the prompt encoded once), or a `RequestError` that says what is wrong. `strip`: strings removed
+    from `/get_reward` queries and prompts."""
     if not isinstance(payload, dict):
         raise RequestError(400, f"the body must be a JSON object, got {type(payload).__name__}")
     groups = None
@@ -53,6 +56,9 @@ def texts_of_request(payload, endpoint: str, max_texts: int) -> tuple[list[str],
             groups = _string_list(payload, "prompts")
             if len(groups) != len(texts):
                 raise RequestError(400, f"got {len(texts)} queries but {len(groups)} prompts")
+        for unwanted in strip or ():
+            texts = [t.replace(unwanted, "") for t in texts]
+            groups = groups and [g.replace(unwanted, "") for g in groups]
     elif "texts" in payload:
         texts = _string_list(payload, "texts")
     elif "prompts" in payload and "responses" in payload:
@@ -315,7 +321,7 @@ def create_app(scorer, args: ServeArguments):
 
     async def answer(request: Request, endpoint: str):
         try:
-            texts, groups = texts_of_request(await read_json(request), endpoint, args.max_texts)
+            texts, groups = texts_of_request(await read_json(request), endpoint, args.max_texts, args.strip_from_query)
             rewards = await batcher.score(texts, groups) if texts else []
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)

@@ -48,6 +48,8 @@ def test_texts_of_request():
     assert texts_of_request({"query": ["q"]}, "get_reward", 10) == (["q"], None)
     openrlhf = {"query": ["pa", "pb"], "prompts": ["p", "p"], "labels": None}
     assert texts_of_request(openrlhf, "get_reward", 10) == (["pa", "pb"], ["p", "p"])
+    padded = {"query": ["<pad><pad>pa", "pb<pad>"], "prompts": ["<pad><pad>p", "p"], "labels": None}
+    assert texts_of_request(padded, "get_reward", 10, strip=["<pad>"]) == (["pa", "pb"], ["p", "p"])
     for payload, status, message in [
         ([1], 400, "must be a JSON object"),
         ({"texts": "a"}, 400, "'texts' must be a list of strings"),
