@@ -34,6 +34,10 @@ from .collator import pad_sequences
 from .modeling import require_safetensors
 from .packing import build_tree, pack_trees, prefix_shared_batch, prefix_shared_rewards, supports_prefix_sharing
 
+# A tree's row carries a (T, T) attention mask: groups are cut into trees of at most this many tokens so that a
+# large GPU token budget does not make one 32k x 32k mask.
+MAX_TREE_TOKENS = 4096
+
 
 def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
     """Mean and std of all eval rewards (chosen and rejected pooled, N of each) from the per-side metrics.
@@ -187,20 +191,20 @@ class RewardScorer:
     def grouped_batches(self, ids: list[list[int]], groups: list[Hashable]) -> list[list[list[int]]]:
         """Batches of trees (each a list of text indices sharing one encoded prefix) for `forward_grouped`.
 
-        Texts with equal keys form a tree; a tree longer than `max_batch_tokens` is cut into several (each
-        keeps the shared prefix). Trees, longest first, fill a batch while its rows, packed first-fit as
+        Texts with equal keys form a tree; a tree longer than `max_batch_tokens` (or `MAX_TREE_TOKENS`) is cut
+        into several, each with the shared prefix. Trees, longest first, fill a batch while its rows, packed first-fit as
         training packs them (`packing.pack_trees`), hold at most `max_batch_tokens` tokens, padding included.
         """
         members: dict[Hashable, list[int]] = {}
         for i, key in enumerate(groups):
             members.setdefault(key, []).append(i)
-        trees = []
+        trees, limit = [], min(self.max_batch_tokens, MAX_TREE_TOKENS)
         for group in members.values():
             prompt = len(build_tree(group, ids).prompt)
             chunk, size = [], prompt
             for i in group:
                 response = len(ids[i]) - prompt
-                if chunk and size + response > self.max_batch_tokens:
+                if chunk and size + response > limit:
                     trees.append(build_tree(chunk, ids))
                     chunk, size = [], prompt
                 chunk.append(i)
