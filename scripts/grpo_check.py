@@ -51,7 +51,7 @@ def main():
         policy = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
         # The GGUF weights are dequantized to plain float32 tensors; only the GGUF marker makes the Trainer refuse
         # to train them (as in `modeling.dequantized_gguf`).
-        policy.hf_quantizer = None
+        policy.hf_quantizer, policy.is_quantized = None, False
         if hasattr(policy.config, "quantization_config"):
             del policy.config.quantization_config
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
