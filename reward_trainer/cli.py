@@ -3,6 +3,7 @@
     reward-trainer train --config recipes/quickstart.yaml [--any_field value ...]
     reward-trainer serve --model_name_or_path outputs/quickstart [--host 127.0.0.1] [--port 8000]
     reward-trainer evaluate --model_name_or_path DIR --dataset_name PATH_OR_NAME [--output_dir OUT]
+    reward-trainer best-of-n --proxy_model DIR --gold_model DIR --dataset_name PROMPTS [--max_n 16]
 
 A `--config` YAML file gives defaults, flags on the command line override them, and an unknown key in
 either is an error that names it. Bad input ends with one line on stderr and exit code 2.
@@ -16,7 +17,14 @@ from collections.abc import Callable
 import yaml
 from transformers import HfArgumentParser
 
-from .config import DataArguments, EvaluateArguments, ModelArguments, RewardConfig, ServeArguments
+from .config import (
+    BestOfNArguments,
+    DataArguments,
+    EvaluateArguments,
+    ModelArguments,
+    RewardConfig,
+    ServeArguments,
+)
 from .errors import DataError, ModelLoadError, NonFiniteLossError, UsageError
 
 EXIT_BAD_INPUT = 2
@@ -124,7 +132,20 @@ def evaluate_main(argv: list[str]) -> int:
     return run_and_report_errors(run)
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": serve_main}
+def best_of_n_main(argv: list[str]) -> int:
+    def run():
+        from .best_of_n import PLOT_PNG, RESULT_JSON, run_best_of_n
+
+        (args,) = parse_args(argv, dataclass_types=(BestOfNArguments,))
+        curve = run_best_of_n(args)["curve"]
+        for n, kl, proxy, gold in zip(curve["n"], curve["kl"], curve["proxy"], curve["gold"]):
+            print(f"n={n:<4d} KL={kl:.3f}  proxy {proxy:+.4f}  gold {gold:+.4f}")
+        print(f"Wrote {os.path.join(args.output_dir, RESULT_JSON)} and {PLOT_PNG} beside it")
+
+    return run_and_report_errors(run)
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "serve": serve_main, "best-of-n": best_of_n_main}
 
 
 def main(argv: list[str] | None = None) -> int:

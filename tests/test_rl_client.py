@@ -28,6 +28,7 @@ def test_grpo_logs_the_rewards_of_our_scorer(trained_checkpoint, tmp_path):
     )
     prompts = Dataset.from_dict({"prompt": [p["prompt"] for p in make_pairs(8, seed=9)]})
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
+    assert scorer.group_prompts  # each GRPO group's prompt is encoded once
     args = trl.GRPOConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
