@@ -11,11 +11,19 @@ included), sorted by length, cut into batches under a token budget, run in `torc
 returned in the caller's order. A text's reward does not depend on the batch it lands in: padding is
 masked, the reward is read at the last real token, and with left padding the position ids are computed
 from the attention mask (GPT-2 in transformers 5 does not derive them; it would shift every padded row).
+
+Grouped scoring: when texts share a prompt (`score(prompts, responses)`, the TRL reward-function call, GRPO
+groups, best-of-n), a causal model with a `score` head encodes the group's shared token prefix once and each
+completion after it, with the tree layout that training uses (`reward_trainer.packing`). The shared part is the
+common prefix of the whole texts' token ids, not the prompt string, so a tokenizer that merges tokens across the
+prompt/response seam still gets exact rewards: the same as scoring each text alone. Encoders keep the plain path.
 """
 
 import inspect
+import json
 import math
 import os
+from collections.abc import Hashable
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from .chat import chat_template_of  # the same rendering as training data
 from .collator import pad_sequences
 from .modeling import require_safetensors
+from .packing import build_tree, pack_trees, prefix_shared_batch, prefix_shared_rewards, supports_prefix_sharing
 
 
 def reward_stats_from_metrics(metrics: dict[str, float], prefix: str = "eval_") -> tuple[float, float]:
@@ -53,6 +62,8 @@ class RewardScorer:
             keeping the response and the special tokens; None: the model's maximum positions, if it has one.
         padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders
             (BERT) read the reward at the first token and need `right`.
+        group_prompts: encode the shared prompt of grouped texts once (see the module docstring). On by itself
+            for causal models with a `score` head (`packing.supports_prefix_sharing`); False forces the plain path.
     """
 
     def __init__(
@@ -62,6 +73,7 @@ class RewardScorer:
         max_batch_tokens: int | None = None,
         max_length: int | None = None,
         padding_side: str = "right",
+        group_prompts: bool = True,
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -78,6 +90,7 @@ class RewardScorer:
         parameters = inspect.signature(model.forward).parameters
         self.takes_position_ids = "position_ids" in parameters
         self.takes_use_cache = "use_cache" in parameters  # no key/value cache: nothing is generated
+        self.group_prompts = group_prompts and supports_prefix_sharing(model)
         self.reward_mean = getattr(model.config, "reward_mean", None)
         self.reward_std = getattr(model.config, "reward_std", None)
 
@@ -98,35 +111,61 @@ class RewardScorer:
         return cls(model, tokenizer, **kwargs)
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
-        """A TRL reward function (`GRPOTrainer(reward_funcs=scorer)`): conversations or prompt + completion text."""
+        """A TRL reward function (`GRPOTrainer(reward_funcs=scorer)`): conversations or prompt + completion text.
+
+        Completions of the same prompt (a GRPO group) are scored as a group: the prompt is encoded once."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         if prompts and isinstance(prompts[0], list):
-            return self.score_conversations([p + c for p, c in zip(prompts, completions, strict=True)])
+            groups = [json.dumps(p, sort_keys=True) for p in prompts]
+            return self.score_conversations([p + c for p, c in zip(prompts, completions)], groups=groups)
         return self.score(prompts, completions)
 
     def score(self, prompts: list[str], responses: list[str], normalize: bool = False) -> list[float]:
-        """Reward of each `prompt + response`, tokenized as one text exactly as in training."""
+        """Reward of each `prompt + response`, tokenized as one text exactly as in training; responses to the
+        same prompt are scored as a group (the prompt encoded once, for causal models)."""
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize)
+        return self.score_texts([p + r for p, r in zip(prompts, responses)], normalize=normalize, groups=prompts)
 
-    def score_conversations(self, messages_lists: list[list[dict]], normalize: bool = False) -> list[float]:
+    def score_conversations(
+        self, messages_lists: list[list[dict]], normalize: bool = False, groups: list[Hashable] | None = None
+    ) -> list[float]:
         """Reward of each conversation, rendered with the tokenizer's chat template or, without one, the default
         template that training uses for conversational data (`reward_trainer.chat.DEFAULT_CHAT_TEMPLATE`)."""
         template = chat_template_of(self.tokenizer)
         texts = [self.tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in messages_lists]
-        return self.score_texts(texts, normalize=normalize)
+        return self.score_texts(texts, normalize=normalize, groups=groups)
 
-    def score_texts(self, texts: list[str], normalize: bool = False, progress: bool = False) -> list[float]:
-        """Reward of each text, in the order given; `progress` shows a bar over the batches."""
+    def score_texts(
+        self,
+        texts: list[str],
+        normalize: bool = False,
+        progress: bool = False,
+        groups: list[Hashable] | None = None,
+    ) -> list[float]:
+        """Reward of each text, in the order given; `progress` shows a bar over the batches.
+
+        `groups`: one key per text (its prompt, say); texts with equal keys are encoded as one tree, their
+        common token prefix once (causal models with a `score` head; others ignore it). Any grouping gives
+        the same rewards: the shared part is computed from the token ids.
+        """
         if isinstance(texts, str):
             raise TypeError("score_texts takes a list of texts, not one string")
+        if groups is not None and len(groups) != len(texts):
+            raise ValueError(f"got {len(groups)} group keys for {len(texts)} texts")
         if normalize and (self.reward_mean is None or not self.reward_std):
             raise ValueError("this model's config.json has no reward_mean/reward_std; score with normalize=False")
         ids = self.tokenizer(list(texts), truncation=bool(self.max_length), max_length=self.max_length)["input_ids"]
         rewards = [0.0] * len(ids)
-        for batch in tqdm(self.batches(ids), desc="Scoring", unit="batch", disable=not progress):
-            for i, reward in zip(batch, self.forward([ids[i] for i in batch])):
-                rewards[i] = reward
+        if groups is not None and self.group_prompts:
+            for batch in tqdm(self.grouped_batches(ids, groups), desc="Scoring", unit="batch", disable=not progress):
+                for i, reward in self.forward_grouped(ids, batch):
+                    rewards[i] = reward
+        else:
+            for batch in tqdm(self.batches(ids), desc="Scoring", unit="batch", disable=not progress):
+                for i, reward in zip(batch, self.forward([ids[i] for i in batch])):
+                    rewards[i] = reward
         if normalize:
             rewards = [(r - self.reward_mean) / self.reward_std for r in rewards]
         return rewards
@@ -141,6 +180,54 @@ class RewardScorer:
                 current = []
             current.append(i)
         return batches + [current] if current else batches
+
+    def grouped_batches(self, ids: list[list[int]], groups: list[Hashable]) -> list[list[list[int]]]:
+        """Batches of trees (each a list of text indices sharing one encoded prefix) for `forward_grouped`.
+
+        Texts with equal keys form a tree; a tree longer than `max_batch_tokens` is cut into several (each
+        keeps the shared prefix). Trees, longest first, fill a batch while its rows, packed first-fit as
+        training packs them (`packing.pack_trees`), hold at most `max_batch_tokens` tokens, padding included.
+        """
+        members: dict[Hashable, list[int]] = {}
+        for i, key in enumerate(groups):
+            members.setdefault(key, []).append(i)
+        trees = []
+        for group in members.values():
+            prompt = len(build_tree(group, ids).prompt)
+            chunk, size = [], prompt
+            for i in group:
+                response = len(ids[i]) - prompt
+                if chunk and size + response > self.max_batch_tokens:
+                    trees.append(build_tree(chunk, ids))
+                    chunk, size = [], prompt
+                chunk.append(i)
+                size += response
+            trees.append(build_tree(chunk, ids))
+        batches, current = [], []
+        for tree in sorted(trees, key=len, reverse=True):
+            if current:
+                capacity = len(current[0])  # the longest tree sets the row length, as in training
+                if len(pack_trees([*current, tree], capacity)) * capacity > self.max_batch_tokens:
+                    batches.append(current)
+                    current = []
+            current.append(tree)
+        if current:
+            batches.append(current)
+        return [[tree.members for tree in batch] for batch in batches]
+
+    @torch.inference_mode()
+    def forward_grouped(self, ids: list[list[int]], trees: list[list[int]]) -> list[tuple[int, float]]:
+        """(text index, reward) of each text of one batch of trees, laid out by `packing.prefix_shared_batch`.
+
+        Each tree becomes pairs (its first text, each of its texts): the pairs' union is the tree, and
+        `prefix_shared_batch` encodes each distinct sequence once, after the tree's common token prefix.
+        """
+        pairs = [{"chosen_ids": ids[tree[0]], "rejected_ids": ids[i]} for tree in trees for i in tree]
+        batch = prefix_shared_batch(pairs, self.pad_token_id)
+        device = self.model.device
+        inputs = {key: value.to(device) for key, value in batch.items()}
+        rewards = prefix_shared_rewards(self.model, inputs)[inputs["rejected_index"]]  # (texts,)
+        return list(zip((i for tree in trees for i in tree), rewards.tolist()))
 
     @torch.inference_mode()
     def forward(self, rows: list[list[int]]) -> list[float]:

@@ -27,24 +27,30 @@ class RequestError(Exception):
         self.status = status
 
 
-def texts_of_request(payload, endpoint: str, max_texts: int) -> list[str]:
-    """The texts to score in a decoded JSON body, or a `RequestError` that says what is wrong."""
+def texts_of_request(payload, endpoint: str, max_texts: int) -> tuple[list[str], list[str] | None]:
+    """The texts to score in a decoded JSON body and their prompts (group keys: texts of one prompt are scored
+    as a group, the prompt encoded once), or a `RequestError` that says what is wrong."""
     if not isinstance(payload, dict):
         raise RequestError(400, f"the body must be a JSON object, got {type(payload).__name__}")
+    groups = None
     if endpoint == "get_reward":
         texts = _string_list(payload, "query")
+        if payload.get("prompts") is not None:  # OpenRLHF sends each query's prompt beside it
+            groups = _string_list(payload, "prompts")
+            if len(groups) != len(texts):
+                raise RequestError(400, f"got {len(texts)} queries but {len(groups)} prompts")
     elif "texts" in payload:
         texts = _string_list(payload, "texts")
     elif "prompts" in payload and "responses" in payload:
         prompts, responses = _string_list(payload, "prompts"), _string_list(payload, "responses")
         if len(prompts) != len(responses):
             raise RequestError(400, f"got {len(prompts)} prompts but {len(responses)} responses")
-        texts = [p + r for p, r in zip(prompts, responses)]
+        texts, groups = [p + r for p, r in zip(prompts, responses)], prompts
     else:
         raise RequestError(400, 'expected {"texts": [...]} or {"prompts": [...], "responses": [...]}')
     if len(texts) > max_texts:
         raise RequestError(413, f"{len(texts)} texts in one request; the limit is {max_texts}")
-    return texts
+    return texts, groups
 
 
 def _string_list(payload: dict, key: str) -> list[str]:
@@ -61,9 +67,9 @@ class DynamicBatcher:
         self.score_fn, self.max_wait_s, self.max_texts_per_call = score_fn, max_wait_s, max_texts_per_call
         self.queue: asyncio.Queue | None = None  # created on the server's event loop, in `create_app`'s lifespan
 
-    async def score(self, texts: list[str]) -> list[float]:
+    async def score(self, texts: list[str], groups: list[str] | None = None) -> list[float]:
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
+        await self.queue.put((texts, groups, future))
         return await future
 
     async def run(self) -> None:
@@ -84,16 +90,19 @@ class DynamicBatcher:
                     item = self.queue.get_nowait()
                 waiting.append(item)
                 count += len(item[0])
-            texts = [text for item_texts, _ in waiting for text in item_texts]
+            texts = [text for item_texts, _, _ in waiting for text in item_texts]
+            groups = None
+            if any(item_groups is not None for _, item_groups, _ in waiting):  # a text without a prompt: its own group
+                groups = [key for t, g, _ in waiting for key in (g if g is not None else [object() for _ in t])]
             try:
-                rewards = await asyncio.to_thread(self.score_fn, texts)
+                rewards = await asyncio.to_thread(self.score_fn, texts, groups)
             except Exception as err:  # one bad batch answers 500 to its callers, the server goes on
-                for _, future in waiting:
+                for _, _, future in waiting:
                     if not future.done():
                         future.set_exception(err)
                 continue
             start = 0
-            for item_texts, future in waiting:
+            for item_texts, _, future in waiting:
                 if not future.done():  # the client may have gone away
                     future.set_result(rewards[start : start + len(item_texts)])
                 start += len(item_texts)
@@ -104,8 +113,8 @@ def create_app(scorer, args: ServeArguments):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    def score_fn(texts):
-        return scorer.score_texts(texts, normalize=args.normalize)
+    def score_fn(texts, groups):
+        return scorer.score_texts(texts, normalize=args.normalize, groups=groups)
 
     batcher = DynamicBatcher(score_fn, args.max_wait_ms / 1000, max_texts_per_call=args.max_texts)
 
@@ -135,10 +144,10 @@ def create_app(scorer, args: ServeArguments):
 
     async def answer(request: Request, endpoint: str):
         try:
-            texts = texts_of_request(await read_json(request), endpoint, args.max_texts)
+            texts, groups = texts_of_request(await read_json(request), endpoint, args.max_texts)
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
-        rewards = await batcher.score(texts) if texts else []
+        rewards = await batcher.score(texts, groups) if texts else []
         return {"rewards": rewards}
 
     @app.post("/score")

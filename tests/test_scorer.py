@@ -41,7 +41,8 @@ def test_score_tokenizes_prompt_plus_response_like_training(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     pairs = make_pairs(5, seed=1)
     prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
-    assert scorer.score(prompts, responses) == scorer.score_texts([p + r for p, r in zip(prompts, responses)])
+    texts = [p + r for p, r in zip(prompts, responses)]
+    assert scorer.score(prompts, responses) == pytest.approx(scorer.score_texts(texts), abs=1e-5)
     assert scorer.tokenizer(prompts[0] + responses[0])["input_ids"][-1] == scorer.tokenizer.eos_token_id
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         scorer.score(prompts[:2], responses[:1])
@@ -150,3 +151,115 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"never unpickled")
     with pytest.raises(ModelLoadError, match="only pickle weights"):
         RewardScorer.from_pretrained(str(tmp_path))
+
+
+def tiny_causal_scorer(name, tokenizer, **kwargs):
+    """A 2-layer GPT-2 (learned positions) or Llama (rotary, grouped-query attention) reward model from a config."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "num_labels": 1}
+    if name == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=4, **special)
+        model = GPT2ForSequenceClassification(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **special,
+        )
+        model = LlamaForSequenceClassification(config)
+    return RewardScorer(model, tokenizer, **kwargs)
+
+
+def grouped_prompts_and_responses():
+    """Eight completions for each of five prompts, of varied lengths, one repeated. The first prompt stops inside
+    the word "answer", so the byte-level BPE merges its last token with the response's first: there the prompt's
+    own ids are not a prefix of the text's ids."""
+    rng = random.Random(4)
+    prompts, responses = [], []
+    for j, pair in enumerate(make_pairs(5, seed=8)):
+        prompt, start = (pair["prompt"][: -len("swer:")], "swer: ") if j == 0 else (pair["prompt"], " ")
+        for k in range(8):
+            words = rng.choices(["red", "tan", "sky", "cat", "dog", "|", "?", "code", "of"], k=rng.randint(1, 12))
+            response = start + " ".join(words)
+            prompts.append(prompt)
+            responses.append(response if k != 7 else responses[-1])
+    return prompts, responses
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_grouped_scoring_equals_each_text_alone(tiny_tokenizer, name, padding_side):
+    prompts, responses = grouped_prompts_and_responses()
+    texts = [p + r for p, r in zip(prompts, responses)]
+    plain = tiny_causal_scorer(name, tiny_tokenizer, group_prompts=False)
+    alone = [plain.forward([ids])[0] for ids in tiny_tokenizer(texts)["input_ids"]]  # one text, no padding
+    assert len({round(r, 6) for r in alone}) > 20  # the texts do get different rewards
+
+    # The seam: for some texts the prompt's own ids are not a prefix of the whole text's ids.
+    prompt_ids = [tiny_tokenizer(p)["input_ids"][:-1] for p in prompts]  # less the EOS
+    assert any(tiny_tokenizer(t)["input_ids"][: len(p)] != p for t, p in zip(texts, prompt_ids))
+
+    for budget in (10**6, 300, 60, 1):
+        scorer = tiny_causal_scorer(name, tiny_tokenizer, padding_side=padding_side, max_batch_tokens=budget)
+        assert scorer.group_prompts
+        order = list(range(len(texts)))
+        random.Random(budget).shuffle(order)
+        shuffled = scorer.score([prompts[i] for i in order], [responses[i] for i in order])
+        grouped = [0.0] * len(texts)
+        for position, i in enumerate(order):
+            grouped[i] = shuffled[position]
+        assert max(abs(a - b) for a, b in zip(grouped, alone)) <= 1e-4, budget
+    trl_call = scorer(prompts=prompts, completions=responses)  # TRL's reward-function call, text prompts
+    assert max(abs(a - b) for a, b in zip(trl_call, alone)) <= 1e-4
+
+
+def test_grouped_scoring_encodes_each_prompt_once(tiny_tokenizer):
+    """Forty texts over five prompts: the tokens through the model are about the prompts once plus the responses."""
+    prompts, responses = grouped_prompts_and_responses()
+    scorer = tiny_causal_scorer("llama", tiny_tokenizer, max_batch_tokens=10**6)
+    seen = []
+    hook = scorer.model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    scorer.score(prompts, responses)
+    hook.remove()
+    ids = tiny_tokenizer([p + r for p, r in zip(prompts, responses)])["input_ids"]
+    prompt_ids = {p: tiny_tokenizer(p)["input_ids"] for p in prompts}
+    shared = sum(len(v) - 2 for v in prompt_ids.values())  # at most the last prompt token and EOS differ
+    assert sum(seen) <= sum(map(len, ids)) - 7 * shared + 3 * len(prompt_ids)  # 7 of 8 prompt copies saved
+    assert len(seen) == 1
+
+
+def test_grouped_conversations_equal_each_alone(tiny_tokenizer):
+    scorer = tiny_causal_scorer("gpt2", tiny_tokenizer, max_batch_tokens=10**6)
+    prompt = [{"role": "user", "content": "code of cat?"}]
+    other = [{"role": "user", "content": "dog owl | code of fox?"}]
+    prompts = [prompt, prompt, other, prompt, other]
+    completions = [[{"role": "assistant", "content": c}] for c in ("red", "tan sky", "oak", "red red", "plum")]
+    grouped = scorer(prompts=prompts, completions=completions)  # TRL's call for conversational data
+    alone = [scorer.score_conversations([p + c])[0] for p, c in zip(prompts, completions)]
+    assert max(abs(a - b) for a, b in zip(grouped, alone)) <= 1e-4 and len(set(alone)) == 5
+
+
+def test_encoders_keep_the_plain_path(tiny_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    scorer = RewardScorer(BertForSequenceClassification(config), tiny_tokenizer)
+    assert not scorer.group_prompts
+    prompts, responses = grouped_prompts_and_responses()
+    assert scorer.score(prompts, responses) == scorer.score_texts([p + r for p, r in zip(prompts, responses)])

@@ -27,9 +27,9 @@ def server(scorer, trained_checkpoint):
     calls = []
 
     class RecordingScorer:
-        def score_texts(self, texts, normalize=False):
+        def score_texts(self, texts, normalize=False, groups=None):
             calls.append(len(texts))
-            return scorer.score_texts(texts, normalize=normalize)
+            return scorer.score_texts(texts, normalize=normalize, groups=groups)
 
     args = ServeArguments(str(trained_checkpoint), max_wait_ms=50, max_body_bytes=4096, max_texts=8)
     with serve_in_background(create_app(RecordingScorer(), args)) as url:
@@ -37,9 +37,12 @@ def server(scorer, trained_checkpoint):
 
 
 def test_texts_of_request():
-    assert texts_of_request({"texts": ["a", "b"]}, "score", 10) == ["a", "b"]
-    assert texts_of_request({"prompts": ["p1", "p2"], "responses": ["r1", "r2"]}, "score", 10) == ["p1r1", "p2r2"]
-    assert texts_of_request({"query": ["q"]}, "get_reward", 10) == ["q"]
+    assert texts_of_request({"texts": ["a", "b"]}, "score", 10) == (["a", "b"], None)
+    pairs = {"prompts": ["p1", "p1"], "responses": ["r1", "r2"]}
+    assert texts_of_request(pairs, "score", 10) == (["p1r1", "p1r2"], ["p1", "p1"])
+    assert texts_of_request({"query": ["q"]}, "get_reward", 10) == (["q"], None)
+    openrlhf = {"query": ["pa", "pb"], "prompts": ["p", "p"], "labels": None}
+    assert texts_of_request(openrlhf, "get_reward", 10) == (["pa", "pb"], ["p", "p"])
     for payload, status, message in [
         ([1], 400, "must be a JSON object"),
         ({"texts": "a"}, 400, "'texts' must be a list of strings"),
@@ -67,6 +70,17 @@ def test_endpoints_return_the_offline_rewards(server, scorer):
         assert client.post("/score", json={"texts": []}).json() == {"rewards": []}
     for rewards in (by_pairs, by_texts, openrlhf):
         assert rewards == pytest.approx(expected, abs=1e-5)
+
+
+def test_score_groups_responses_of_one_prompt(server, scorer):
+    """Several responses to each prompt (scored as groups, the prompt once): each reward equals the text's alone."""
+    url, _ = server
+    prompts = [p["prompt"] for p in make_pairs(2, seed=7) for _ in range(4)]
+    responses = [" red", " tan sky", "red", " oak oak"] * 2
+    alone = [scorer.score_texts([p + r])[0] for p, r in zip(prompts, responses)]
+    with httpx.Client(base_url=url) as client:
+        rewards = client.post("/score", json={"prompts": prompts, "responses": responses}).json()["rewards"]
+    assert scorer.group_prompts and rewards == pytest.approx(alone, abs=1e-4)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own(server, scorer):
