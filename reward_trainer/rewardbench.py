@@ -405,16 +405,17 @@ def render_conversations(tokenizer, prompt, responses: Sequence[str]) -> tuple[s
     return head, [text[len(head) :] for text in texts]
 
 
-def score_rows(scorer: RewardScorer, rows: BenchmarkRows) -> list[list[float]]:
-    """The reward of every completion of every row, in the rows' order: all completions of a prompt go to
-    `RewardScorer.score` with that prompt, so grouped scoring encodes the prompt once."""
-    prompts, responses, sizes = [], [], []
-    for prompt, completions in zip(rows.prompts, rows.completions, strict=True):
+def score_rows(scorer: RewardScorer, rows: BenchmarkRows, progress: bool = False) -> list[list[float]]:
+    """The reward of every completion of every row, in the rows' order. The completions of a prompt are scored as
+    one group (`RewardScorer.score_texts(groups=...)`): a causal model encodes their shared token prefix once and
+    each completion after it, with the same rewards as scoring each text alone."""
+    texts, groups, sizes = [], [], []
+    for i, (prompt, completions) in enumerate(zip(rows.prompts, rows.completions, strict=True)):
         head, tails = render_conversations(scorer.tokenizer, prompt, completions)
-        prompts += [head] * len(tails)
-        responses += tails
+        texts += [head + tail for tail in tails]
+        groups += [head or ("row", i)] * len(tails)  # rows with the same rendered prompt share one group
         sizes.append(len(tails))
-    flat = scorer.score(prompts, responses)
+    flat = scorer.score_texts(texts, groups=groups, progress=progress)
     out, start = [], 0
     for size in sizes:
         out.append(flat[start : start + size])
@@ -461,7 +462,7 @@ def evaluate_benchmark(args: EvaluateArguments) -> dict:
     if args.max_samples:
         rows = BenchmarkRows(*(column[: args.max_samples] for column in vars(rows).values()))
     scorer = load_benchmark_scorer(args)
-    scores = score_rows(scorer, rows)
+    scores = score_rows(scorer, rows, progress=not args.disable_tqdm)
     if benchmark == "rewardbench":
         summary = rewardbench_summary(pair_results(*zip(*scores)), rows.subsets)
     else:

@@ -186,6 +186,7 @@ def main():
             scores = score_rows(scorer, rows)
             return rows, scores, rewardbench_summary(pair_results(*zip(*scores)), rows.subsets)
 
+        scorer.score_texts(["warm-up", "a warm-up text"], groups=[0, 0])  # first-call costs, shared by both sides
         (rows, scores, summary), ours_wall, ours_cpu = timed(ours)
         print(f"ours: {ours_wall:.1f}s wall, {ours_cpu:.1f}s CPU")
         (chosen, rejected, peer), peer_wall, peer_cpu = timed(

@@ -30,16 +30,16 @@ from reward_trainer.scorer import RewardScorer
 
 
 class NumberScorer:
-    """Scores `prompt + response` with the number the response ends with (the default template's "assistant: 7")."""
+    """Scores a text with the number it ends with (the default template's "assistant: 7\\n\\n")."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.max_length = 2048
         self.calls = []
 
-    def score(self, prompts, responses):
-        self.calls.append((list(prompts), list(responses)))
-        return [float(r.strip().split()[-1]) for r in responses]
+    def score_texts(self, texts, groups=None, progress=False):
+        self.calls.append((list(texts), list(groups)))
+        return [float(t.strip().split()[-1]) for t in texts]
 
 
 @pytest.fixture
@@ -210,8 +210,9 @@ def test_rewardbench2_subsets_and_score_by_hand(tmp_path, number_scorer):
     assert report["partial"] and report["missing_subsets"] == ["Safety", "Focus"]
     assert report["split"] == "test"
     # every completion of a prompt goes to the scorer with that prompt (grouped scoring encodes it once)
-    ((prompts, responses),) = number_scorer.calls
-    assert len(responses) == 4 * 5 + 3 + 4 + 2 + 3 and prompts[0] == prompts[3] == "user: prompt 1\n\nassistant:"
+    ((texts, groups),) = number_scorer.calls
+    assert len(texts) == 4 * 5 + 3 + 4 + 2 + 3 and texts[0] == "user: prompt 1\n\nassistant: 3\n\n"
+    assert groups[:5] == ["user: prompt 1\n\nassistant:"] * 4 + ["user: prompt 2\n\nassistant:"]
     markdown = (tmp_path / "o" / "benchmark_report.md").read_text()
     assert "| Model | Score | Factuality | Precise IF | Math | Safety | Focus | Ties |" in markdown
     assert f"| m | {100 * (1.75 + ties) / 4:.1f}* | 50.0 | 100.0 | 25.0 | n/a | n/a | {100 * ties:.1f} |" in markdown
