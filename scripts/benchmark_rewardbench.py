@@ -153,6 +153,9 @@ def main():
     parser.add_argument("--rows", type=int, default=200, help="Time the first N rows of the file.")
     parser.add_argument("--model", default="builtin:SmolLM2-135M-Instruct")
     parser.add_argument("--max_batch_tokens", type=int, default=EvaluateArguments.max_batch_tokens)
+    parser.add_argument(
+        "--also_max_batch_tokens", type=int, nargs="*", default=[], help="Time ours again with these budgets."
+    )
     parser.add_argument("--pipeline_batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     parser.add_argument("--output", help="Write the results as JSON here.")
@@ -189,6 +192,14 @@ def main():
         scorer.score_texts(["warm-up", "a warm-up text"], groups=[0, 0])  # first-call costs, shared by both sides
         (rows, scores, summary), ours_wall, ours_cpu = timed(ours)
         print(f"ours: {ours_wall:.1f}s wall, {ours_cpu:.1f}s CPU")
+        other_budgets = {}
+        for budget in args.also_max_batch_tokens:
+            scorer.max_batch_tokens, default_budget = budget, scorer.max_batch_tokens
+            (_, other_scores, _), wall, cpu = timed(ours)
+            scorer.max_batch_tokens = default_budget
+            same = float(np.abs(np.asarray(other_scores) - np.asarray(scores)).max())
+            other_budgets[budget] = {"wall_seconds": wall, "cpu_seconds": cpu, "max_abs_reward_diff": same}
+            print(f"ours, max_batch_tokens {budget}: {wall:.1f}s wall, {cpu:.1f}s CPU, max |diff| {same:.1e}")
         (chosen, rejected, peer), peer_wall, peer_cpu = timed(
             lambda: official_pipeline(scorer, rows, args.pipeline_batch_size, max_length)
         )
@@ -204,6 +215,7 @@ def main():
         "cpu_seconds": {"ours": ours_cpu, "official_pipeline": peer_cpu},
         "wall_seconds": {"ours": ours_wall, "official_pipeline": peer_wall},
         "max_abs_reward_diff": diff,
+        "ours_other_max_batch_tokens": other_budgets,
         "score": {"ours": summary["score"], "official_pipeline": peer["score"]},
         "sections": {s: {"ours": summary["sections"][s]["score"], "official": peer["sections"][s]} for s in SECTIONS},
         "pipeline_batch_size": args.pipeline_batch_size,
