@@ -6,7 +6,7 @@ The data: a RewardBench-layout file (`prompt`, `chosen`, `rejected`, `subset`, `
 data in ../shared/data: the HH-RLHF harmless-base test pairs (multi-turn prompts as lists of messages) and the
 PandaLM pairs with a strict non-tie majority of the annotators, shuffled under a seed, with the 23 official subset
 names dealt out in turn so that every section is filled (the names say where a row is weighed, not what it is; the
-`id` says where it comes from). `--build` writes the whole file (3,206 rows); a run times its first `--rows` rows.
+`id` says where it comes from). `--build` writes the whole file (3,196 rows: 2,308 HH-RLHF, 888 PandaLM); a run times its first `--rows` rows.
 
 The model: SmolLM2-135M-Instruct (`builtin:SmolLM2-135M-Instruct`) with a seeded scalar head, fp32, one copy
 shared by both sides. The peer is what the official `scripts/run_rm.py` of the `rewardbench` package does with
