@@ -1,12 +1,13 @@
 """RewardBench scoring speed: `reward-trainer evaluate --benchmark rewardbench` against the official runner's pipeline.
 
-    flock /work/bench.lock env OMP_NUM_THREADS=2 python scripts/benchmark_rewardbench.py --rows 200 --output rb.json
+    flock /work/bench.lock env OMP_NUM_THREADS=2 python scripts/benchmark_rewardbench.py --rows 64 --output rb.json
 
 The data: a RewardBench-layout file (`prompt`, `chosen`, `rejected`, `subset`, `id`) built from the real preference
 data in ../shared/data: the HH-RLHF harmless-base test pairs (multi-turn prompts as lists of messages) and the
 PandaLM pairs with a strict non-tie majority of the annotators, shuffled under a seed, with the 23 official subset
 names dealt out in turn so that every section is filled (the names say where a row is weighed, not what it is; the
-`id` says where it comes from). `--build` writes the whole file (3,196 rows: 2,308 HH-RLHF, 888 PandaLM); a run times its first `--rows` rows.
+`id` says where it comes from). The file (3,196 rows: 2,308 HH-RLHF, 888 PandaLM) is written when missing or with `--build`; a run times
+its first `--rows` rows.
 
 The model: SmolLM2-135M-Instruct (`builtin:SmolLM2-135M-Instruct`) with a seeded scalar head, fp32, one copy
 shared by both sides. The peer is what the official `scripts/run_rm.py` of the `rewardbench` package does with
@@ -150,7 +151,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="outputs/rewardbench-layout.jsonl", help="The RewardBench-layout file.")
     parser.add_argument("--build", action="store_true", help="(Re)write --data from ../shared/data first.")
-    parser.add_argument("--rows", type=int, default=200, help="Time the first N rows of the file.")
+    parser.add_argument("--rows", type=int, default=64, help="Time the first N rows of the file.")
     parser.add_argument("--model", default="builtin:SmolLM2-135M-Instruct")
     parser.add_argument("--max_batch_tokens", type=int, default=EvaluateArguments.max_batch_tokens)
     parser.add_argument(
