@@ -35,6 +35,10 @@ the official text-classification pipeline does. A tokenizer without a chat templ
 project's default template (`reward_trainer.chat.DEFAULT_CHAT_TEMPLATE`, "role: content" turns, the one training
 uses), where the official runner falls back to a FastChat template (`tulu` by default) and appends EOS: scores of
 such models are comparable with this project's training, not with leaderboard entries made that way.
+
+Two settings differ from the official runners on purpose: texts over 2,048 tokens lose their beginning here for both
+benchmarks (the official RewardBench 2 runner leaves the tokenizer's right-side truncation, which would cut the end
+of the response, where the reward is read), and the model runs in float32 (the runners default to float16).
 """
 
 import json
