@@ -3,6 +3,7 @@
     reward-trainer train --config recipes/quickstart.yaml [--any_field value ...]
     reward-trainer serve --model_name_or_path outputs/quickstart [--host 127.0.0.1] [--port 8000]
     reward-trainer evaluate --model_name_or_path DIR --dataset_name PATH_OR_NAME [--output_dir OUT]
+    reward-trainer evaluate --model_name_or_path DIR --benchmark rewardbench|rewardbench2 [--dataset_name FILE]
     reward-trainer best-of-n --proxy_model DIR --gold_model DIR --dataset_name PROMPTS [--max_n 16]
 
 A `--config` YAML file gives defaults, flags on the command line override them, and an unknown key in
@@ -124,6 +125,12 @@ def evaluate_main(argv: list[str]) -> int:
 
         (args,) = parse_args(argv, dataclass_types=(EvaluateArguments,))
         report = evaluate_model(args)
+        if args.benchmark:
+            from .rewardbench import BENCHMARK_JSON, benchmark_markdown
+
+            print(benchmark_markdown(report), end="")
+            print(f"Wrote {os.path.join(args.output_dir, BENCHMARK_JSON)} and the Markdown report beside it")
+            return
         if "accuracy" in report:
             low, high = report["accuracy_ci95"]
             print(f"accuracy: {report['accuracy']:.4f} (95% CI {low:.4f} - {high:.4f}) on {report['pairs']} pairs")

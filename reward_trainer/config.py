@@ -297,21 +297,41 @@ def accelerator_available() -> bool:
 class EvaluateArguments:
     """`reward-trainer evaluate`: score a trained reward model on preference data and write a report."""
 
-    model_name_or_path: str = field(metadata={"help": "A trained reward model: a local directory or a Hub id."})
+    model_name_or_path: str = field(
+        metadata={"help": "A trained reward model: a local directory, a Hub id or a `builtin:` backbone."}
+    )
     dataset_name: list[str] = field(
+        default_factory=list,
         metadata={
             "help": "One or more local files (.json/.jsonl/.jsonl.gz/.parquet/.csv), `save_to_disk` directories or "
             "Hub datasets, read as `train` reads them (any format it detects). Rows may carry `tie` and "
             "`source`/`subset`; ranked rows (`prompt`, `responses`, `scores`; more than two responses) give Kendall's "
             "tau and Spearman's rho. With several, each is a subset (its name less the folder they share) unless "
-            "its rows name their own."
-        }
+            "its rows name their own. With `benchmark`: one file or Hub dataset in that benchmark's layout; "
+            "default: the benchmark's Hub dataset."
+        },
+    )
+    benchmark: str | None = field(
+        default=None,
+        metadata={
+            "help": "Score a leaderboard benchmark with its official arithmetic instead of the evaluation report: "
+            "`rewardbench` (allenai/reward-bench, split `filtered`: per-subset accuracy, the four sections, the "
+            "score) or `rewardbench2` (allenai/reward-bench-2, split `test`: best-of-4 accuracy, the Ties score, "
+            "the mean of six subsets). Writes benchmark_report.json, benchmark_report.md and benchmark_scores.jsonl.",
+            "choices": ["rewardbench", "rewardbench2"],
+        },
     )
     output_dir: str = field(
         default="outputs/evaluation",
         metadata={"help": "Where eval_report.json, eval_report.md and the PNG plots are written."},
     )
-    split: str = field(default="test", metadata={"help": "Split of a Hub dataset or `save_to_disk` directory."})
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of a Hub dataset or `save_to_disk` directory; default `test` (`filtered` for "
+            "`--benchmark rewardbench`)."
+        },
+    )
     on_bad_row: str = field(
         default="error",
         metadata={
@@ -322,8 +342,11 @@ class EvaluateArguments:
     )
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
     max_length: int | None = field(
-        default=512,
-        metadata={"help": "Longest prompt + response in tokens; longer ones lose the start of the prompt."},
+        default=None,
+        metadata={
+            "help": "Longest prompt + response in tokens; longer ones lose the start of the prompt. Default 512, and "
+            "2,048 (the official runner's) with `benchmark`."
+        },
     )
     max_batch_tokens: int = field(
         default=16384, metadata={"help": "Tokens per forward pass, padding included (rows x longest row)."}

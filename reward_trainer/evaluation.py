@@ -10,11 +10,14 @@ import torch
 
 from .config import DataArguments, EvaluateArguments, ModelArguments
 from .data import read_rows, subset_names
-from .errors import DataError
+from .errors import DataError, UsageError
 from .metrics import pair_correctness, per_subset_accuracy, preference_metrics, ranking_correlation
 from .modeling import load_reward_model
 from .report import pyplot, write_eval_report
+from .rewardbench import evaluate_benchmark
 from .scorer import RewardScorer
+
+DEFAULT_MAX_LENGTH = 512  # tokens of prompt + response, unless `--max_length` says otherwise
 
 
 def read_texts(
@@ -34,7 +37,7 @@ def read_texts(
     for name in names:
         data_args = DataArguments(
             dataset_name=name,
-            train_split=args.split,
+            train_split=args.split or "test",
             eval_split="",
             on_bad_row=args.on_bad_row,
             implicit_prompt_rendering=implicit_prompt_rendering,
@@ -58,12 +61,19 @@ def read_texts(
 
 
 def evaluate_model(args: EvaluateArguments) -> dict:
-    """The `evaluate` command: scores every pair (and ranking) of `args.dataset_name` and writes the report."""
+    """The `evaluate` command: scores every pair (and ranking) of `args.dataset_name` and writes the report, or,
+    with `args.benchmark`, scores that benchmark (`reward_trainer.rewardbench`)."""
+    if args.benchmark:
+        return evaluate_benchmark(args)
+    names = args.dataset_name
+    if not names:
+        raise UsageError("evaluate needs --dataset_name (or --benchmark rewardbench|rewardbench2)")
     pyplot()  # fail before scoring, not after, when matplotlib is missing
     model, tokenizer = load_reward_model(ModelArguments(model_name_or_path=args.model_name_or_path))
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    scorer = RewardScorer(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
-    names = args.dataset_name
+    scorer = RewardScorer(
+        model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length or DEFAULT_MAX_LENGTH
+    )
     # HH text rendered as the model was trained (config.json says how), else by the tokenizer (`auto`).
     rendering = getattr(model.config, "implicit_prompt_rendering", "auto")
     pairs, rankings, accounting = read_texts(names, args, tokenizer, rendering)
