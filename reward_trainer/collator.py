@@ -12,11 +12,27 @@ PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
 INDEX_COLUMNS = ("group", "subset", "chosen_response", "rejected_response")
 
 
+def pairs_of_rankings(items: list[dict]) -> list[dict]:
+    """Ranking items (`data.pairs.expand_rankings`) -> their pairs, as `expand_pairs` makes them (weight 1/pairs per ranking);
+    pair rows pass through unchanged."""
+    if "ranking_ids" not in items[0]:
+        return items
+    pairs = []
+    for item in items:
+        ids, scores = item["ranking_ids"], item["ranking_scores"]
+        better_worse = [(i, j) for i in range(len(ids)) for j in range(len(ids)) if scores[i] > scores[j]]
+        for i, j in better_worse:
+            pairs.append({"chosen_ids": ids[i], "rejected_ids": ids[j], "weight": 1.0 / len(better_worse),
+                          "tie": 0.0, "group": item["group"], "chosen_response": i, "rejected_response": j})  # fmt: skip
+    return pairs
+
+
 @dataclass
 class PreferenceCollator:
     """Pads chosen and rejected sequences of a batch together, to the longest one in the batch.
 
     Rows carry `chosen_ids` and `rejected_ids` (token ids of prompt + response, special tokens included),
+    or are ranking items (`ranking_ids`, `ranking_scores`, `group`), which are batched as their pairs,
     and optionally the float `PAIR_COLUMNS` (`margin`, `weight`, `tie`, ...) and the integer `INDEX_COLUMNS`.
     Padding is dynamic (never to `max_length`), on the right, rounded up to `pad_to_multiple_of`. The chosen sequences come first, then the rejected ones:
 
@@ -43,6 +59,7 @@ class PreferenceCollator:
     dedupe: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = pairs_of_rankings(rows)
         if self.dedupe:
             sequences, chosen, rejected = unique_sequences(rows)
             batch = self.pad(sequences)
@@ -102,6 +119,7 @@ class PrefixSharingCollator:
     pack: bool = True
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = pairs_of_rankings(rows)
         batch = prefix_shared_batch(rows, self.pad_token_id, self.pack, self.pad_to_multiple_of)
         return batch | pair_columns(rows)
 

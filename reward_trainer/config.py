@@ -183,7 +183,15 @@ class DataArguments:
 class RewardConfig(TrainingArguments):
     """Training arguments for reward models: the stock `TrainingArguments` plus the pairwise objective.
 
-    Parameters that control the objective:
+    Parameters that control the objective (`reward_trainer.loss`):
+        loss: `bradley_terry` (pairs; annotated ties are left out), `bt_ties` (Rao-Kupper: ties in the loss, with
+            a tie parameter theta learned, or fixed by `tie_theta`), `plackett_luce` (the listwise likelihood of
+            each prompt's whole ranking; a pair is a ranking of two, where it is Bradley-Terry).
+        tie_theta: with `bt_ties`, fix theta (> 1) instead of learning it. The learned value is saved in
+            config.json as `tie_theta`.
+        length_debias: ODIN: a second head carries length, the reward head is decorrelated from it
+            (`length_correlation_weight`) and orthogonal to it (`length_orthogonality_weight`); the saved model
+            keeps the reward head only.
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
@@ -236,6 +244,32 @@ class RewardConfig(TrainingArguments):
             "skipped with a warning; none found: start from scratch), or the path of a checkpoint."
         },
     )
+    loss: str = field(
+        default="bradley_terry",
+        metadata={
+            "help": "The objective: `bradley_terry` (pairs), `bt_ties` (Rao-Kupper: annotated ties in the loss), "
+            "`plackett_luce` (the likelihood of each prompt's full ranking, every response encoded once).",
+            "choices": ["bradley_terry", "bt_ties", "plackett_luce"],
+        },
+    )
+    tie_theta: float | None = field(
+        default=None,
+        metadata={"help": "With `--loss bt_ties`: a fixed Rao-Kupper theta (> 1); default: learned, from 2."},
+    )
+    length_debias: bool = field(
+        default=False,
+        metadata={
+            "help": "ODIN: train a second head on length and decorrelate the reward head from length; the saved "
+            "model's single head is the debiased reward. With `bradley_terry` or `bt_ties`."
+        },
+    )
+    length_correlation_weight: float = field(
+        default=1.0,
+        metadata={"help": "With --length_debias: weight of |corr(r, length)| - corr(r_length, length)."},
+    )
+    length_orthogonality_weight: float = field(
+        default=1.0, metadata={"help": "With --length_debias: weight of |w_reward . w_length| (the two heads)."}
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},
@@ -272,6 +306,10 @@ class RewardConfig(TrainingArguments):
         if not self.use_cpu and not accelerator_available():
             self.use_cpu = True
         super().__post_init__()
+        if self.tie_theta is not None and (self.loss != "bt_ties" or not self.tie_theta > 1):
+            raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
+        if self.length_debias and self.loss not in ("bradley_terry", "bt_ties"):
+            raise ValueError(f"--length_debias works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}")
 
 
 def accelerator_available() -> bool:

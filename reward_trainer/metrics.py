@@ -17,6 +17,9 @@ The same code serves `compute_metrics` during training (lengths there are in tok
 - longer_wins_accuracy: the baseline that prefers the longer response (equal lengths count 0.5).
 - reward_length_spearman: Spearman's rho between reward and response length, chosen and rejected pooled.
 - accuracy_chosen_shorter: accuracy on the pairs whose chosen response is strictly shorter.
+- accuracy_non_tie: accuracy over the pairs the annotators did not call a tie (when some are).
+- tie_log_likelihood / win_log_likelihood (a model trained with ties, `--loss bt_ties`): mean log-probability,
+  under Rao-Kupper with the model's theta, of the annotated ties / of the chosen response winning the other pairs.
 - kendall_tau / spearman_rho (ranked data, K > 2 responses per prompt): tau-b and rho between the model's
   rewards and the human scores of one prompt's responses, averaged over prompts.
 """
@@ -149,6 +152,24 @@ def rankings_from_pairs(
     return model_scores, human_scores
 
 
+def rao_kupper_log_likelihood(chosen, rejected, human_tie, alpha: float) -> dict[str, float]:
+    """Mean log P(tie) over annotated ties and mean log P(chosen wins) over the other pairs, under Rao-Kupper with
+    theta = exp(alpha): P(win) = sigmoid(d - alpha), P(tie) = sigmoid(alpha - d) sigmoid(alpha + d) (1 - e^(-2 alpha)),
+    d = r_c - r_r (`loss.rao_kupper_log_probs`). NaN where there are no such pairs."""
+    d = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    tie = np.asarray(human_tie) > 0
+
+    def log_sigmoid(x):
+        return -np.logaddexp(0.0, -x)
+
+    win = log_sigmoid(d - alpha)
+    tied = log_sigmoid(alpha - d) + log_sigmoid(alpha + d) + np.log(-np.expm1(-2 * alpha))
+    return {
+        "tie_log_likelihood": float(tied[tie].mean()) if tie.any() else math.nan,
+        "win_log_likelihood": float(win[~tie].mean()) if (~tie).any() else math.nan,
+    }
+
+
 def _nanmean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
@@ -215,7 +236,8 @@ def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = N
     """Accuracy (ties 0.5) and its bootstrap 95% interval, tie rate, ECE, length bias, reward statistics,
     accuracy per subset and, for ranked data, Kendall's tau and Spearman's rho averaged over prompts.
 
-    `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected. `label_ids` is (N,), 1 where the
+    `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected, or (N, 3) with the Rao-Kupper alpha
+    of a `bt_ties` model in the third column (then the tie and win log-likelihoods are added). `label_ids` is (N,), 1 where the
     annotators called the pair a tie, or (N, k) with the first k of `LABEL_COLUMNS` (what
     `RewardTrainer.prediction_step` returns, all of them; -1 where the data has none): tie, the response
     lengths in tokens (the text is not at hand here, so the length metrics count tokens where `reward-trainer
@@ -233,6 +255,11 @@ def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = N
     if any(length is None or (length < 0).any() for length in lengths):
         lengths = [None, None]
     metrics = preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
+    if human_tie is not None and (human_tie > 0).any() and (human_tie <= 0).any():
+        metrics["accuracy_non_tie"] = float(pair_correctness(chosen, rejected)[human_tie <= 0].mean())
+    if rewards.shape[1] > 2 and human_tie is not None:  # the third column: alpha = log(theta) of `bt_ties`
+        metrics |= rao_kupper_log_likelihood(chosen, rejected, human_tie, float(rewards[0, 2]))
+        metrics["tie_theta"] = math.exp(float(rewards[0, 2]))
     metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
     metrics["num_pairs"] = metrics.pop("pairs")  # pairs scored: under DDP, shows none were duplicated or dropped
 

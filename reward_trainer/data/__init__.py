@@ -48,7 +48,7 @@ from ..chat import chat_template_of
 from ..config import DataArguments
 from ..errors import DataError
 from .formats import FormatSpec, drop_bad_rows, indices_where, normalize, resolve_format, split_implicit_prompt
-from .pairs import encode_subsets, expand_pairs, is_tie
+from .pairs import encode_subsets, expand_pairs, expand_rankings, is_tie
 from .sources import display_name, parse_sources, read_source, subset_names
 from .tokenizing import tokenize
 
@@ -72,9 +72,17 @@ class PreferenceData:
 
 
 def load_preference_data(
-    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int = 42,
+    ties_in_loss: bool = False,
+    rankings: bool = False,
 ) -> PreferenceData:
-    """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring."""
+    """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring.
+
+    `ties_in_loss` (a loss that models ties): tie pairs are trained on, with weight 1, and weigh 1 in the eval
+    loss. `rankings` (a listwise loss): the training set holds one item per row (`expand_rankings`), so that
+    all the responses of a ranking go to one batch; the eval set stays pairs, which the metrics read."""
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
     report["empty_responses"] = 0
@@ -106,9 +114,14 @@ def load_preference_data(
     train, test = (tokenize(rows, tokenizer, data_args) for rows in (train, test))
     for rows in (train, test):
         _count_statuses(rows, report)
-    train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
-    train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
-    eval_pairs = encode_subsets(expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train)))
+    tie_weight = 1.0 if ties_in_loss else 0.0
+    if rankings:
+        train_pairs = expand_rankings(train)
+    else:
+        train_pairs = expand_pairs(train, keep_ties=ties_in_loss, margin=has_margin, tie_weight=tie_weight)
+        train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
+    eval_pairs = expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train), tie_weight=tie_weight)
+    eval_pairs = encode_subsets(eval_pairs)
     report.update(
         train_rows=len(train),
         eval_rows=len(test),

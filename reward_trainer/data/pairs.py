@@ -13,7 +13,9 @@ def is_tie(scores: list[float]) -> bool:
     return len(scores) == 2 and scores[0] == scores[1]
 
 
-def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: bool, group_offset: int) -> pa.Table:
+def _expand_batch(
+    batch: pa.Table, indices: list[int], keep_ties: bool, margin: bool, group_offset: int, tie_weight: float
+) -> pa.Table:
     # The pairs are decided in Python from the scores; the token ids stay in Arrow (`take` on the flat list
     # of responses), so no id is converted to a Python int and back.
     ids = batch["ids"].combine_chunks()
@@ -34,7 +36,7 @@ def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: 
         if start == stop:  # filtered
             continue
         if is_tie(scores):
-            pairs, weight = ([(0, 1)] if keep_ties else []), 0.0
+            pairs, weight = ([(0, 1)] if keep_ties else []), tie_weight
         else:
             pairs = [
                 (i, j) if scores[i] > scores[j] else (j, i)
@@ -68,11 +70,13 @@ def _expand_batch(batch: pa.Table, indices: list[int], keep_ties: bool, margin: 
     return pa.table(columns)
 
 
-def expand_pairs(rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0) -> Dataset:
+def expand_pairs(
+    rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0, tie_weight: float = 0.0
+) -> Dataset:
     """Rows -> one pair per (better, worse) response: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group`.
 
-    A pair row has weight 1; a tie weight 0 and `tie` 1.0 (kept only when `keep_ties`: evaluation counts it
-    0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
+    A pair row has weight 1; a tie `tie` 1.0 and weight `tie_weight` (0: left out of the loss; 1 for a loss
+    that models ties), kept only when `keep_ties` (evaluation counts it 0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
     so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
     `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
     `margin` is the row's margin, or the score difference; `subset` the row's subset name.
@@ -87,13 +91,40 @@ def expand_pairs(rows: Dataset, keep_ties: bool, margin: bool, group_offset: int
         _expand_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"keep_ties": keep_ties, "margin": margin, "group_offset": group_offset},
+        fn_kwargs={"keep_ties": keep_ties, "margin": margin, "group_offset": group_offset, "tie_weight": tie_weight},
         remove_columns=rows.column_names,
         features=Features(features),
-        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset),
+        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset, tie_weight),
         desc="Pairing",
     )
     return pairs.with_format(None)
+
+
+def expand_rankings(rows: Dataset, group_offset: int = 0) -> Dataset:
+    """Rows -> one item per row, for a listwise loss: `ranking_ids` (the K responses' ids), `ranking_scores`,
+    `group`. Filtered rows and rows whose responses all score the same (ties) are left out. The collators turn
+    an item into its pairs (`collator.pairs_of_rankings`), so every response of a ranking lands in one batch."""
+    features = Features({"ranking_ids": Sequence(Sequence(Value("int32"))), "ranking_scores": Sequence(Value("float32")),
+                         "group": Value("int64")})  # fmt: skip
+
+    def items(batch: dict, indices: list[int]) -> dict:
+        out = {key: [] for key in features}
+        for index, ids, scores in zip(indices, batch["ids"], batch["scores"], strict=True):
+            if ids and len(set(scores)) > 1:
+                out["ranking_ids"].append(ids)
+                out["ranking_scores"].append(scores)
+                out["group"].append(group_offset + index)
+        return out
+
+    return rows.map(
+        items,
+        batched=True,
+        with_indices=True,
+        remove_columns=rows.column_names,
+        features=features,
+        new_fingerprint=fingerprint(rows._fingerprint, "rankings", group_offset),
+        desc="Rankings",
+    )
 
 
 def encode_subsets(pairs: Dataset) -> Dataset:
