@@ -10,6 +10,7 @@ RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after t
 PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
 # Integers that tell evaluation where a pair comes from: its prompt (row), its subset, its responses' places in the row.
 INDEX_COLUMNS = ("group", "subset", "chosen_response", "rejected_response")
+RATING_COLUMNS = ("chosen_ratings", "rejected_ratings")  # (A,) floats per pair, NaN where missing
 
 
 def pairs_of_rankings(items: list[dict]) -> list[dict]:
@@ -90,8 +91,11 @@ def pad_sequences(
 
 
 def pair_columns(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """The optional per-pair columns, (B,) each: float `PAIR_COLUMNS`, integer `INDEX_COLUMNS`."""
+    """The optional per-pair columns, (B,) each: float `PAIR_COLUMNS`, integer `INDEX_COLUMNS`; (B, A) `RATING_COLUMNS`."""
     columns = {key: torch.tensor([float(row[key]) for row in rows]) for key in PAIR_COLUMNS if key in rows[0]}
+    columns |= {
+        key: torch.tensor([row[key] for row in rows], dtype=torch.float32) for key in RATING_COLUMNS if key in rows[0]
+    }
     return columns | {key: torch.tensor([int(row[key]) for row in rows]) for key in INDEX_COLUMNS if key in rows[0]}
 
 

@@ -11,7 +11,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 BUILTIN_MODEL = "builtin:tiny-gpt2"
 BUILTIN_DATASET = "builtin:code-book"
-DATA_FORMATS = ("explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping")
+DATA_FORMATS = ("explicit_prompt", "implicit_prompt", "conversational", "ranking", "ratings", "column_mapping")
 
 
 @dataclass
@@ -85,6 +85,8 @@ class DataArguments:
         conversational: `chosen`/`rejected` (and optional `prompt`) lists of {"role", "content"} messages,
             rendered with the tokenizer's chat template (a plain "role: content" template if it has none).
         ranking: `prompt` and `responses`, K >= 2 strings best first (or ordered by a `scores` list).
+        ratings: `prompt`, `response` and one rating column per attribute (`attributes`, default `rating`), one
+            response per row (HelpSteer); the responses of a prompt are paired by their mean rating.
         column_mapping: `response_columns` + `label_columns` + `label_values` name the columns of anything else.
     Any pair format may carry `margin` (or `score_chosen`/`score_rejected`) and `tie` columns.
     """
@@ -148,6 +150,14 @@ class DataArguments:
             "help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'
         },
     )
+    attributes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rating columns of the `ratings` format (one response per row), one model output each: the saved "
+            "model has num_labels = len(attributes) and id2label naming them. A missing (null) rating is masked; "
+            "default: one column `rating`."
+        },
+    )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest tokenized prompt + response, in tokens. None: no limit."}
     )
@@ -192,6 +202,10 @@ class RewardConfig(TrainingArguments):
         length_debias: ODIN: a second head carries length, the reward head is decorrelated from it
             (`length_correlation_weight`) and orthogonal to it (`length_orthogonality_weight`); the saved model
             keeps the reward head only.
+        regression / regression_weight / attribute_weights: ratings (the `ratings` format, `--attributes`): one
+            output per attribute; each pairwise loss applies per attribute (pairs ordered by that attribute's
+            ratings), `regression_weight` adds the squared error, `--loss regression` is that alone; the reward is
+            the weighted sum of the attributes.
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
@@ -248,8 +262,23 @@ class RewardConfig(TrainingArguments):
         default="bradley_terry",
         metadata={
             "help": "The objective: `bradley_terry` (pairs), `bt_ties` (Rao-Kupper: annotated ties in the loss), "
-            "`plackett_luce` (the likelihood of each prompt's full ranking, every response encoded once).",
-            "choices": ["bradley_terry", "bt_ties", "plackett_luce"],
+            "`plackett_luce` (the likelihood of each prompt's full ranking, every response encoded once), "
+            "`regression` (squared error on ratings, the `ratings` format).",
+            "choices": ["bradley_terry", "bt_ties", "plackett_luce", "regression"],
+        },
+    )
+    regression_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "With ratings (`--attributes`): weight of the squared error on the ratings added to a pairwise "
+            "loss. `--loss regression` trains on the squared error alone."
+        },
+    )
+    attribute_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "With several attributes: the reward is their weighted sum (default: equal weights summing to 1); "
+            "saved in config.json, where the scorer reads it."
         },
     )
     tie_theta: float | None = field(

@@ -4,6 +4,7 @@
 - `rao_kupper_loss`: pairs and ties (Rao & Kupper 1967): a tie parameter theta = exp(alpha) > 1 widens the
   gap a win needs, and the probability left between the two wins is the tie's.
 - `plackett_luce_loss`: full rankings of K responses, the listwise likelihood; for K = 2 it is Bradley-Terry.
+- `rating_regression_loss`, `attribute_pairwise_loss`: ratings of A attributes, one reward output each.
 - `length_decorrelation_loss`, `orthogonality_loss`: ODIN (Chen et al. 2024), a quality head decorrelated from
   length and a length head that carries it.
 """
@@ -13,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bradley_terry", "bt_ties", "plackett_luce")
+LOSSES = ("bradley_terry", "bt_ties", "plackett_luce", "regression")
 
 
 def bradley_terry_loss(
@@ -95,3 +96,38 @@ def length_decorrelation_loss(quality: torch.Tensor, length_reward: torch.Tensor
 def orthogonality_loss(quality_weight: torch.Tensor, length_weight: torch.Tensor) -> torch.Tensor:
     """ODIN's `|w_Q . w_L|`: the two heads read different directions of the last hidden state."""
     return (quality_weight * length_weight).sum().abs()
+
+
+def rating_regression_loss(rewards: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+    """Per response, the mean squared error over its rated attributes, shape (N,): `rewards` and `ratings` are
+    (N, A); a NaN rating is missing and left out; a response with no rating costs 0."""
+    known = ~torch.isnan(ratings)
+    error = torch.where(known, rewards - torch.nan_to_num(ratings), torch.zeros_like(rewards)) ** 2
+    return error.sum(-1) / known.sum(-1).clamp_min(1)
+
+
+def attribute_pairwise_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    chosen_ratings: torch.Tensor,
+    rejected_ratings: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A pairwise loss applied to each attribute, ordered by that attribute's ratings; per pair, shape (P,).
+
+    All inputs are (P, A). For attribute a, the response rated higher on a is the winner: Bradley-Terry on
+    `s * (r_c,a - r_r,a)`, s = sign(y_c,a - y_r,a). Equal ratings are left out, or with `alpha` (Rao-Kupper) are
+    ties. Missing (NaN) ratings are left out. The loss of a pair is the mean over its attributes used (0 if none).
+    """
+    known = ~(torch.isnan(chosen_ratings) | torch.isnan(rejected_ratings))
+    gap = torch.nan_to_num(chosen_ratings - rejected_ratings)
+    sign = torch.where(gap < 0, -1.0, 1.0)
+    winner, loser = torch.where(sign > 0, chosen, rejected), torch.where(sign > 0, rejected, chosen)
+    if alpha is None:
+        used = known & (gap != 0)
+        losses = bradley_terry_loss(winner, loser)
+    else:
+        used = known
+        losses = rao_kupper_loss(winner, loser, (gap == 0).float(), alpha)
+    losses = torch.where(used, losses, torch.zeros_like(losses))
+    return losses.sum(-1) / used.sum(-1).clamp_min(1)

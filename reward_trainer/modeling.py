@@ -258,32 +258,51 @@ def reward_head(model) -> torch.nn.Linear:
     return head
 
 
-def prepare_objective(model, args) -> None:
+def _set_head_outputs(inner, outputs: int) -> None:
+    """Replaces the linear score head by one of `outputs` outputs: the first keeps the reward head's weights, the
+    others start as the backbone initialises a head (normal, `initializer_range`); `export_reward_model` undoes it."""
+    head = reward_head(inner)
+    new = torch.nn.Linear(head.in_features, outputs, bias=head.bias is not None, device=head.weight.device,
+                          dtype=head.weight.dtype)  # fmt: skip
+    with torch.no_grad():
+        new.weight.normal_(0.0, getattr(inner.config, "initializer_range", 0.02))
+        new.weight[: head.out_features] = head.weight[:outputs]
+        if head.bias is not None:
+            new.bias.zero_()
+            new.bias[: head.out_features] = head.bias[:outputs]
+    setattr(inner, "score" if hasattr(inner, "score") else "classifier", new)
+    inner.num_labels = outputs
+
+
+def prepare_objective(model, args, attributes: list[str] | None = None) -> None:
     """Adds what the objective of `args` (a `RewardConfig`) trains besides the reward head, in place; idempotent.
 
     `length_debias`: the head gets a second output, the length reward (ODIN); `loss="bt_ties"` without a fixed
-    `tie_theta`: a learned tie parameter `reward_tie_log_alpha` on the model (theta = exp(exp(it)), from 2).
-    Both are parameters of the model, so DDP, checkpoints and resume carry them; `export_reward_model` turns the
-    model back into a plain one-output reward model. Call it before `add_lora` (the head is replaced).
+    `tie_theta`: a learned tie parameter `reward_tie_log_alpha` on the model (theta = exp(exp(it)), from 2);
+    `attributes` (rating columns): one output per attribute, named in `config.id2label`, and
+    `config.attribute_weights`. The first two are parameters of the model, so DDP, checkpoints and resume carry
+    them; `export_reward_model` turns the model back into a plain reward model. Call it before `add_lora` (the
+    head is replaced).
     """
     inner = base_model_of(model)
-    if args.length_debias and inner.config.num_labels != 2:
-        head = reward_head(model)
-        if hasattr(getattr(inner, "score", None) or getattr(inner, "classifier", None), "modules_to_save"):
-            raise ModelLoadError("--length_debias: prepare the model (prepare_objective) before adding LoRA")
-        two = torch.nn.Linear(
-            head.in_features, 2, bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
-        )
-        with torch.no_grad():
-            std = getattr(inner.config, "initializer_range", 0.02)
-            two.weight.normal_(0.0, std)
-            two.weight[0] = head.weight[0]
-            if head.bias is not None:
-                two.bias.zero_()
-                two.bias[0] = head.bias[0]
-        setattr(inner, "score" if hasattr(inner, "score") else "classifier", two)
-        inner.config.num_labels = 2
-        inner.num_labels = 2
+    if attributes is None and getattr(inner.config, "attribute_weights", None) is not None:  # prepared already
+        attributes = [inner.config.id2label[i] for i in range(inner.config.num_labels)]
+    wrapped = hasattr(getattr(inner, "score", None) or getattr(inner, "classifier", None), "modules_to_save")
+    outputs = 2 if args.length_debias else len(attributes or ()) or 1
+    if args.length_debias and attributes and len(attributes) > 1:
+        raise ModelLoadError("--length_debias takes one reward head; it cannot be combined with several --attributes")
+    if inner.config.num_labels != outputs or reward_head(model).out_features != outputs:
+        if wrapped:
+            raise ModelLoadError("prepare the model for its objective (prepare_objective) before adding LoRA")
+        _set_head_outputs(inner, outputs)
+        inner.config.num_labels = outputs
+    if attributes:
+        inner.config.id2label = dict(enumerate(attributes))
+        inner.config.label2id = {name: i for i, name in enumerate(attributes)}
+        weights = args.attribute_weights or [1.0 / len(attributes)] * len(attributes)
+        if len(weights) != len(attributes):
+            raise ModelLoadError(f"--attribute_weights has {len(weights)} values for {len(attributes)} attributes")
+        inner.config.attribute_weights = [float(w) for w in weights]
     if args.loss == "bt_ties" and args.tie_theta is None:
         if not hasattr(inner, TIE_PARAMETER):
             start = torch.tensor(math.log(math.log(2.0)), device=inner.device)
@@ -299,22 +318,13 @@ def tie_alpha(model, args) -> torch.Tensor:
 
 
 def export_reward_model(model) -> None:
-    """Makes `model` a plain one-output reward model, in place, before the final save: the length head is dropped
-    (the reward head's output stays) and a learned tie parameter moves to `config.tie_theta`. The result loads in
-    plain transformers with nothing of this project."""
+    """Makes `model` a plain reward model, in place, before the final save: the length head is dropped (the reward
+    head's output stays) and a learned tie parameter moves to `config.tie_theta`. The result loads in plain
+    transformers with nothing of this project. (A head of several attributes stays: each output is a reward.)"""
     inner = base_model_of(model)
     if hasattr(inner, TIE_PARAMETER):
         inner.config.tie_theta = float(math.exp(math.exp(getattr(inner, TIE_PARAMETER).item())))
         del inner._parameters[TIE_PARAMETER]
-    if inner.config.num_labels == 2:
-        head = reward_head(inner)
-        one = torch.nn.Linear(
-            head.in_features, 1, bias=head.bias is not None, device=head.weight.device, dtype=head.weight.dtype
-        )
-        with torch.no_grad():
-            one.weight.copy_(head.weight[:1])
-            if head.bias is not None:
-                one.bias.copy_(head.bias[:1])
-        setattr(inner, "score" if hasattr(inner, "score") else "classifier", one)
+    if getattr(inner.config, "attribute_weights", None) is None and reward_head(inner).out_features == 2:
+        _set_head_outputs(inner, 1)
         inner.config.num_labels = 1
-        inner.num_labels = 1

@@ -57,9 +57,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     setup_logging(training_args)
     set_seed(training_args.seed)
     model, tokenizer = load_reward_model(model_args)
-    prepare_objective(model, training_args)  # a length head, a tie parameter: before LoRA wraps the head
-    if model_args.use_peft:
-        model = add_lora(model, model_args)
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(
             data_args,
@@ -68,6 +65,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
             ties_in_loss=training_args.loss == "bt_ties",
             rankings=training_args.loss == "plackett_luce",
         )
+    # A length head, a tie parameter, one output per rated attribute: before LoRA wraps the head.
+    prepare_objective(model, training_args, attributes=data.attributes)
+    if model_args.use_peft:
+        model = add_lora(model, model_args)
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
 
@@ -81,7 +82,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        compute_metrics=functools.partial(compute_metrics, subsets=subsets),
+        compute_metrics=functools.partial(compute_metrics, subsets=subsets, attributes=data.attributes),
     )
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

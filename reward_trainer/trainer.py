@@ -7,17 +7,19 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import INDEX_COLUMNS, PAIR_COLUMNS, PrefixSharingCollator, collator_for
-from .errors import NonFiniteLossError
+from .collator import INDEX_COLUMNS, PAIR_COLUMNS, RATING_COLUMNS, PrefixSharingCollator, collator_for
+from .errors import NonFiniteLossError, UsageError
 from .loss import (
+    attribute_pairwise_loss,
     bradley_terry_loss,
     length_decorrelation_loss,
     orthogonality_loss,
     plackett_luce_loss,
     rao_kupper_loss,
+    rating_regression_loss,
 )
 from .metrics import LABEL_COLUMNS
-from .modeling import prepare_objective, reward_head, tie_alpha
+from .modeling import base_model_of, prepare_objective, reward_head, tie_alpha
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
@@ -118,7 +120,8 @@ class RewardTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = [
-                "chosen_ids", "rejected_ids", "ranking_ids", "ranking_scores", *PAIR_COLUMNS, *INDEX_COLUMNS
+                "chosen_ids", "rejected_ids", "ranking_ids", "ranking_scores", *PAIR_COLUMNS, *INDEX_COLUMNS,
+                *RATING_COLUMNS,
             ]  # fmt: skip
 
     def _get_train_sampler(self, train_dataset=None):
@@ -187,13 +190,31 @@ class RewardTrainer(Trainer):
         """(losses, weights) of the `--loss` objective: per pair, or per ranking for `plackett_luce`."""
         if self.args.loss == "plackett_luce":
             return ranking_losses(chosen, rejected, inputs)
-        weight = inputs.get("weight", torch.ones_like(chosen))
+        weight = inputs.get("weight", torch.ones(len(chosen), device=chosen.device))
+        if "chosen_ratings" in inputs:  # ratings of A attributes: rewards (B, A)
+            return self.rating_losses(model, chosen, rejected, inputs), weight
+        if self.args.loss == "regression":
+            raise UsageError(
+                "--loss regression needs ratings: the `ratings` format (prompt, response, rating columns)"
+            )
         if self.args.loss == "bt_ties":
             tie = inputs.get("tie", torch.zeros_like(chosen))
             losses = rao_kupper_loss(chosen, rejected, tie, tie_alpha(model, self.args).to(chosen.device))
         else:
             losses = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
         return losses, weight
+
+    def rating_losses(self, model, chosen, rejected, inputs) -> torch.Tensor:
+        """Per pair: the `--loss` applied to each attribute, plus `regression_weight` times the squared error on the
+        ratings of both responses (`--loss regression`: the squared error alone)."""
+        chosen = chosen if chosen.dim() == 2 else chosen[:, None]  # (B, A)
+        rejected = rejected if rejected.dim() == 2 else rejected[:, None]
+        ratings = inputs["chosen_ratings"], inputs["rejected_ratings"]  # (B, A) each, NaN: missing
+        squared = (rating_regression_loss(chosen, ratings[0]) + rating_regression_loss(rejected, ratings[1])) / 2
+        if self.args.loss == "regression":
+            return squared
+        alpha = tie_alpha(model, self.args).to(chosen.device) if self.args.loss == "bt_ties" else None
+        return attribute_pairwise_loss(chosen, rejected, *ratings, alpha=alpha) + self.args.regression_weight * squared
 
     def _get_num_items_in_batch(self, batch_samples, device):
         weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]
@@ -208,10 +229,19 @@ class RewardTrainer(Trainer):
             loss, (chosen, rejected) = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
+        attributes = None
+        if "chosen_ratings" in inputs:  # ratings: the reward is the weighted sum of the attributes
+            chosen, rejected = (x if x.dim() == 2 else x[:, None] for x in (chosen, rejected))
+            attributes = [chosen, rejected, inputs["chosen_ratings"], inputs["rejected_ratings"]]  # (B, A) each
+            weights = torch.tensor(base_model_of(model).config.attribute_weights, device=chosen.device)
+            chosen, rejected = chosen @ weights, rejected @ weights
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
-        if self.args.loss == "bt_ties":  # the tie parameter alpha = log(theta), for the tie log-likelihood metric
-            alpha = tie_alpha(model, self.args).to(chosen.device).detach()
-            rewards = torch.cat([rewards, alpha.expand(len(chosen), 1)], dim=1)  # (B, 3)
+        if self.args.loss == "bt_ties" or attributes:
+            # Column 2: the tie parameter alpha = log(theta), for the tie log-likelihood metric (NaN: none);
+            # then the rewards and ratings of each attribute (see `metrics.compute_metrics`).
+            alpha = tie_alpha(model, self.args) if self.args.loss == "bt_ties" else torch.tensor(float("nan"))
+            extra = [alpha.to(chosen.device).detach().float().expand(len(chosen), 1), *(attributes or [])]
+            rewards = torch.cat([rewards, *extra], dim=1)  # (B, 3) or (B, 3 + 4A)
         # Integers of one width whatever the data has (-1 where a column is absent, no tie if `tie` is), so
         # that the stock Trainer concatenates and, under DDP, gathers them as they are; int64 keeps row ids exact.
         absent = torch.full_like(chosen, -1, dtype=torch.long)

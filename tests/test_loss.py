@@ -130,3 +130,31 @@ def test_length_decorrelation_hand_values():
     assert length_decorrelation_loss(-lengths, uncorrelated, lengths).item() == pytest.approx(1.0, abs=1e-6)
     # w_Q = (1, 2), w_L = (3, -1): |3 - 2| = 1.
     assert orthogonality_loss(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])).item() == pytest.approx(1.0)
+
+
+# Ratings. Regression: rewards (1, 2) against ratings (3, NaN) -> only the first attribute: (1 - 3)^2 = 4.
+# Per attribute: ratings (4 vs 2) and (1 vs 3) -> attribute 0 chosen wins, attribute 1 rejected wins; rewards
+# (1, 0) vs (0, 0): BT(1 - 0) on a0 and BT(0 - 0) on a1 -> (-log sigmoid(1) + log 2) / 2.
+def test_rating_regression_hand_values():
+    from reward_trainer.loss import rating_regression_loss
+
+    rewards = torch.tensor([[1.0, 2.0], [0.0, 0.0], [5.0, 5.0]])
+    ratings = torch.tensor([[3.0, math.nan], [1.0, -1.0], [math.nan, math.nan]])
+    torch.testing.assert_close(rating_regression_loss(rewards, ratings), torch.tensor([4.0, 1.0, 0.0]))
+
+
+def test_attribute_pairwise_hand_values():
+    from reward_trainer.loss import attribute_pairwise_loss
+
+    chosen, rejected = torch.tensor([[1.0, 0.0], [2.0, 2.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    yc, yr = torch.tensor([[4.0, 1.0], [2.0, math.nan]]), torch.tensor([[2.0, 3.0], [2.0, 1.0]])
+    loss = attribute_pairwise_loss(chosen, rejected, yc, yr)
+    # pair 2: equal ratings on a0 and a missing one on a1: nothing used, 0.
+    torch.testing.assert_close(loss, torch.tensor([(math.log1p(math.exp(-1)) + math.log(2)) / 2, 0.0]))
+    # With ties (alpha = log 3): pair 2's a0 is a tie at d = 2: -log P(tie) = -[log sig(log3 - 2) + log sig(log3 + 2)
+    # + log(8/9)]; pair 1 as Rao-Kupper wins: -log sig(1 - log 3) and -log sig(0 - log 3) = log 4 (a1: rejected wins).
+    alpha = torch.tensor(math.log(3.0))
+    ties = attribute_pairwise_loss(chosen, rejected, yc, yr, alpha=alpha)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    tie = -(math.log(sig(math.log(3) - 2)) + math.log(sig(math.log(3) + 2)) + math.log(8 / 9))
+    torch.testing.assert_close(ties, torch.tensor([(-math.log(sig(1 - math.log(3))) + math.log(4)) / 2, tie]))

@@ -16,7 +16,7 @@ from reward_trainer.config import DataArguments, ModelArguments
 from reward_trainer.data import load_preference_data
 from reward_trainer.loss import bradley_terry_loss
 from reward_trainer.metrics import compute_metrics
-from reward_trainer.modeling import TIE_PARAMETER, load_reward_model
+from reward_trainer.modeling import TIE_PARAMETER, load_reward_model, prepare_objective
 from reward_trainer.train import train
 from reward_trainer.trainer import ranking_losses
 
@@ -24,9 +24,24 @@ WORDS = "red blue green gold grey pink cat dog owl fox bee ant".split()
 
 
 def write_rows(path, kind: str, n: int = 24, seed: int = 0):
-    """`ties`: explicit-prompt pairs, every third a tie; `rankings`: K = 2..4 responses with scores."""
+    """`ties`: explicit-prompt pairs, every third a tie; `rankings`: K = 2..4 responses with scores; `ratings`: one
+    response per row, 2 or 3 per prompt, rated on `helpfulness` and `correctness` (0-4, some missing)."""
     rng = random.Random(seed)
     with open(path, "w") as f:
+        if kind == "ratings":
+            for i in range(n):
+                prompt = " ".join(rng.choices(WORDS, k=3)) + f" | q{i}?\nanswer:"
+                for j in range(2 + i % 2):
+                    response = " " + " ".join(rng.choices(WORDS, k=1 + j))
+                    correctness = None if (i + j) % 5 == 0 else float((i * 3 + j) % 5)
+                    row = {
+                        "prompt": prompt,
+                        "response": response,
+                        "helpfulness": (i + 2 * j) % 5,
+                        "correctness": correctness,
+                    }
+                    f.write(json.dumps(row) + "\n")
+            return str(path)
         for i in range(n):
             prompt = " ".join(rng.choices(WORDS, k=3)) + f" | q{i}?\nanswer:"
             k = 2 if kind == "ties" else 2 + i % 3
@@ -69,10 +84,12 @@ def first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None
     model, tokenizer = load_reward_model(ModelArguments())
     args = args_for(tmp_path, f"b{batch}x{accumulation}", per_device_train_batch_size=batch,
                     gradient_accumulation_steps=accumulation, **config)  # fmt: skip
+    attributes = ["helpfulness", "correctness"] if "ratings" in data_file else None
     data = load_preference_data(
-        DataArguments(dataset_name=data_file, eval_fraction=0.0, max_length=64), tokenizer, seed=0,
+        DataArguments(dataset_name=data_file, eval_fraction=0.0, max_length=64, attributes=attributes), tokenizer, seed=0,
         ties_in_loss=args.loss == "bt_ties", rankings=args.loss == "plackett_luce",
     )  # fmt: skip
+    prepare_objective(model, args, attributes=data.attributes)
     capture = Capture()
     collator = collator(tokenizer.pad_token_id) if collator else None
     trainer = RewardTrainer(model=model, args=args, train_dataset=data.train.select(range(8)),
@@ -94,8 +111,10 @@ def assert_same_gradients(full, accumulated):
         ("ties", {"loss": "bt_ties", "tie_theta": 3.0}),
         ("rankings", {"loss": "plackett_luce"}),  # rankings of 2 to 4 responses: micro-batches of unequal weight
         ("ties", {"length_debias": True, "length_correlation_weight": 0.0}),  # the per-pair and per-step terms
+        ("ratings", {"loss": "regression"}),
+        ("ratings", {"loss": "bt_ties", "regression_weight": 0.5}),  # per attribute, ties where ratings are equal
     ],
-    ids=["bt_ties", "bt_ties_fixed", "plackett_luce", "length_debias"],
+    ids=["bt_ties", "bt_ties_fixed", "plackett_luce", "length_debias", "regression", "attributes_bt_ties"],
 )
 def test_gradient_accumulation_is_exact(tmp_path, kind, config):
     data = write_rows(tmp_path / f"{kind}.jsonl", kind)
@@ -104,8 +123,8 @@ def test_gradient_accumulation_is_exact(tmp_path, kind, config):
     assert_same_gradients(full, accumulated)
     if config.get("loss") == "bt_ties" and "tie_theta" not in config:
         assert TIE_PARAMETER in full and full[TIE_PARAMETER].abs() > 0
-    if config.get("length_debias"):
-        assert full["score.weight"].shape[0] == 2
+    if config.get("length_debias") or kind == "ratings":
+        assert full["score.weight"].shape[0] == 2  # a length head, or two attributes
 
 
 def test_plackett_luce_is_exact_with_the_plain_and_deduplicating_collators(tmp_path):
@@ -205,3 +224,134 @@ def test_length_debias_with_lora_saves_the_reward_head(tmp_path):
     weights = load_file(out / "model.safetensors")
     assert weights["score.weight"].shape[0] == 1
     reload_and_score(out, ["cat dog | q1?\nanswer: red", "owl | q2?\nanswer: blue green"])
+
+
+def step_losses(checkpoint) -> dict[int, float]:
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {log["step"]: log["loss"] for log in history if "loss" in log}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind, config",
+    [("ties", ["--loss", "bt_ties", "--length_debias", "true", "--length_correlation_weight", "0"]),
+     ("rankings", ["--loss", "plackett_luce"])],
+    ids=["bt_ties_length_debias", "plackett_luce"],
+)  # fmt: skip
+def test_two_processes_match_one_process(tmp_path, kind, config):
+    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    data = write_rows(tmp_path / f"{kind}.jsonl", kind, n=48)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = ["scripts/train_reward.py", "--dataset_name", data, "--max_steps", "4", "--logging_steps", "1",
+           "--learning_rate", "1e-3", "--eval_fraction", "0", "--max_length", "64", "--disable_tqdm", "true",
+           "--save_strategy", "steps", "--save_steps", "4", "--max_grad_norm", "0", *config]  # fmt: skip
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
+    two = subprocess.run([*launcher, *run, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    one = subprocess.run([sys.executable, *run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert (tmp_path / "two" / "checkpoint-4" / "rng_state_1.pth").exists()  # really 2 processes
+    losses_one, losses_two = (step_losses(tmp_path / name / "checkpoint-4") for name in ("one", "two"))
+    assert sorted(losses_two) == [1, 2, 3, 4]
+    np.testing.assert_allclose([losses_two[s] for s in range(1, 5)], [losses_one[s] for s in range(1, 5)], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_gives_the_uninterrupted_weights_and_tie_parameter(tmp_path):
+    """Resume from the checkpoint of step 3: the final model (tie theta, reward head) is the uninterrupted one's."""
+    data = write_rows(tmp_path / "ties.jsonl", "ties", n=48)
+
+    def run(name, steps, resume=None):  # the checkpoints hold the length head and the tie parameter
+        args = args_for(tmp_path, name, max_steps=steps, per_device_train_batch_size=4, save_strategy="steps",
+                        save_steps=3, loss="bt_ties", length_debias=True, train_sampling_strategy="group_by_length")  # fmt: skip
+        args.resume_from_checkpoint = resume
+        train(ModelArguments(), DataArguments(dataset_name=data, eval_fraction=0.0, max_length=64), args)
+        return tmp_path / name
+
+    import shutil
+
+    reference = run("reference", 6)
+    # The state a run stopped after step 3 leaves (the schedule is that of 6 steps), resumed in a new folder.
+    shutil.copytree(reference / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = run("resumed", 6, resume="auto")
+    assert json.loads((resumed / "config.json").read_text())["tie_theta"] == pytest.approx(
+        json.loads((reference / "config.json").read_text())["tie_theta"], abs=1e-6
+    )
+    expected, got = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, value in expected.items():
+        assert (value - got[name]).abs().max().item() <= 1e-6, name
+
+
+def test_ratings_format_groups_responses_by_prompt_and_counts_every_row(tiny_tokenizer, tmp_path):
+    path = write_rows(tmp_path / "ratings.jsonl", "ratings", n=6)  # 2, 3, 2, 3, 2, 3 responses: 15 rows
+    data = load_preference_data(
+        DataArguments(dataset_name=path, attributes=["helpfulness", "correctness"], eval_fraction=0.0), tiny_tokenizer
+    )
+    assert data.attributes == ["helpfulness", "correctness"]
+    assert data.report["input_rows"] == 15 and data.report["kept"] + data.report["ties"] == 15
+    pair = data.train[0]  # prompt 0: helpfulness 0 and 2 -> the second response is chosen; correctness missing, 1
+    assert pair["chosen_ratings"][0] == 2 and pair["rejected_ratings"][0] == 0
+    assert np.isnan(pair["rejected_ratings"][1]) and pair["chosen_ratings"][1] == 1
+    assert len(data.train) == 3 * 1 + 3 * 3  # pairs of each prompt's responses (equal mean ratings: ties)
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ({"prompt": "p", "response": "r", "helpfulness": "good", "correctness": 1}, "row 2: field 'helpfulness': expected a finite number, got 'good'"),
+        ({"prompt": "p", "response": "r", "helpfulness": None, "correctness": None}, "row 2: field 'helpfulness': no rating"),
+        ({"prompt": "p", "response": 3, "helpfulness": 1, "correctness": 1}, "row 2: field 'response': expected a string"),
+    ],
+)  # fmt: skip
+def test_bad_rating_names_file_row_and_field(tiny_tokenizer, tmp_path, row, problem):
+    from reward_trainer.errors import DataError
+
+    path = tmp_path / "bad.jsonl"
+    good = {"prompt": "p", "response": "s", "helpfulness": 1, "correctness": 2}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    args = DataArguments(dataset_name=str(path), attributes=["helpfulness", "correctness"], eval_fraction=0.0)
+    with pytest.raises(DataError, match=f"{path}: {problem}"):
+        load_preference_data(args, tiny_tokenizer)
+
+
+def test_missing_attribute_column_names_the_file(tiny_tokenizer, tmp_path):
+    from reward_trainer.errors import DataError
+
+    path = write_rows(tmp_path / "ratings.jsonl", "ratings", n=4)
+    args = DataArguments(dataset_name=path, attributes=["helpfulness", "verbosity"])
+    with pytest.raises(DataError, match=f"{path}: has no attribute column 'verbosity'"):
+        load_preference_data(args, tiny_tokenizer)
+
+
+def test_attributes_train_save_k_labels_and_score_every_attribute(tmp_path):
+    from reward_trainer.cli import parse_args
+
+    data = write_rows(tmp_path / "ratings.jsonl", "ratings", n=40)
+    out = tmp_path / "model"
+    flags = ["--dataset_name", data, "--attributes", "helpfulness", "correctness", "--attribute_weights", "0.75",
+             "0.25", "--loss", "regression", "--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size",
+             "8", "--learning_rate", "1e-3", "--eval_fraction", "0.3", "--max_length", "64", "--disable_tqdm", "true",
+             "--eval_strategy", "no"]  # fmt: skip
+    metrics = train(*parse_args(flags))
+    for key in ("eval_rmse/helpfulness", "eval_rmse/correctness", "eval_rating_spearman/correctness", "eval_accuracy"):
+        assert np.isfinite(metrics[key]), key
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["id2label"] == {"0": "helpfulness", "1": "correctness"} and saved["attribute_weights"] == [0.75, 0.25]
+    texts = ["cat dog | q1?\nanswer: red", "owl | q2?\nanswer: blue green", "fox | q3?\nanswer: gold"]
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()  # plain transformers: K outputs
+    scorer = RewardScorer.from_pretrained(str(out))
+    with torch.no_grad():
+        logits = torch.cat([plain(**scorer.tokenizer(t, return_tensors="pt")).logits for t in texts])  # (3, 2)
+    attributes = scorer.score_attributes(texts)
+    np.testing.assert_allclose([[a["helpfulness"], a["correctness"]] for a in attributes], logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scorer.score_texts(texts), (logits @ torch.tensor([0.75, 0.25])).numpy(), atol=1e-5)
+    scorer.set_attribute_weights({"correctness": 1.0})
+    np.testing.assert_allclose(scorer.score_texts(texts), logits[:, 1].numpy(), atol=1e-5)

@@ -14,7 +14,13 @@ def is_tie(scores: list[float]) -> bool:
 
 
 def _expand_batch(
-    batch: pa.Table, indices: list[int], keep_ties: bool, margin: bool, group_offset: int, tie_weight: float
+    batch: pa.Table,
+    indices: list[int],
+    keep_ties: bool,
+    margin: bool,
+    group_offset: int,
+    tie_weight: float,
+    ratings: bool = False,
 ) -> pa.Table:
     # The pairs are decided in Python from the scores; the token ids stay in Arrow (`take` on the flat list
     # of responses), so no id is converted to a Python int and back.
@@ -22,7 +28,8 @@ def _expand_batch(
     responses = ids.flatten()  # every response of the batch, row after row
     starts = pc.subtract(ids.offsets, ids.offsets[0]).to_pylist()
     keys = ("chosen_at", "rejected_at", "weight", "tie", "group", "chosen_response", "rejected_response", "subset")
-    out = {k: [] for k in (*keys, "margin")}
+    out = {k: [] for k in (*keys, "margin", "chosen_ratings", "rejected_ratings")}
+    row_ratings = batch["ratings"].to_pylist() if ratings else [None] * len(indices)
     rows = zip(
         indices,
         starts,
@@ -30,9 +37,10 @@ def _expand_batch(
         batch["scores"].to_pylist(),
         batch["margin"].to_pylist(),
         batch["subset"].to_pylist(),
+        row_ratings,
         strict=False,
     )
-    for index, start, stop, scores, row_margin, subset in rows:
+    for index, start, stop, scores, row_margin, subset, rated in rows:
         if start == stop:  # filtered
             continue
         if is_tie(scores):
@@ -55,6 +63,9 @@ def _expand_batch(
             out["chosen_response"].append(better)
             out["rejected_response"].append(worse)
             out["subset"].append(subset)
+            if ratings:
+                out["chosen_ratings"].append(rated[better])
+                out["rejected_ratings"].append(rated[worse])
     columns = {  # in the order of `expand_pairs`' features
         "chosen_ids": responses.take(pa.array(out["chosen_at"], type=pa.int64())),
         "rejected_ids": responses.take(pa.array(out["rejected_at"], type=pa.int64())),
@@ -67,11 +78,14 @@ def _expand_batch(
     }
     if margin:
         columns["margin"] = pa.array(out["margin"], pa.float32())
+    if ratings:
+        for key in ("chosen_ratings", "rejected_ratings"):
+            columns[key] = pa.array(out[key], pa.list_(pa.float32()))
     return pa.table(columns)
 
 
 def expand_pairs(
-    rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0, tie_weight: float = 0.0
+    rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0, tie_weight: float = 0.0, ratings: bool = False
 ) -> Dataset:
     """Rows -> one pair per (better, worse) response: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group`.
 
@@ -79,7 +93,8 @@ def expand_pairs(
     that models ties), kept only when `keep_ties` (evaluation counts it 0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
     so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
     `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
-    `margin` is the row's margin, or the score difference; `subset` the row's subset name.
+    `margin` is the row's margin, or the score difference; `subset` the row's subset name. With `ratings` (the
+    `ratings` format), `chosen_ratings` / `rejected_ratings` hold each response's ratings (NaN: missing).
     """
     features = {"chosen_ids": Sequence(Value("int32")), "rejected_ids": Sequence(Value("int32")),
                 "weight": Value("float32"), "tie": Value("float32"), "group": Value("int64"),
@@ -87,14 +102,22 @@ def expand_pairs(
                 "subset": Value("string")}  # fmt: skip
     if margin:
         features["margin"] = Value("float32")
+    if ratings:
+        features["chosen_ratings"] = features["rejected_ratings"] = Sequence(Value("float32"))
     pairs = rows.with_format("arrow").map(
         _expand_batch,
         batched=True,
         with_indices=True,
-        fn_kwargs={"keep_ties": keep_ties, "margin": margin, "group_offset": group_offset, "tie_weight": tie_weight},
+        fn_kwargs={
+            "keep_ties": keep_ties,
+            "margin": margin,
+            "group_offset": group_offset,
+            "tie_weight": tie_weight,
+            "ratings": ratings,
+        },  # fmt: skip
         remove_columns=rows.column_names,
         features=Features(features),
-        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset, tie_weight),
+        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset, tie_weight, ratings),
         desc="Pairing",
     )
     return pairs.with_format(None)
