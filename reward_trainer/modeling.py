@@ -289,8 +289,8 @@ def prepare_objective(model, args, attributes: list[str] | None = None) -> None:
         attributes = [inner.config.id2label[i] for i in range(inner.config.num_labels)]
     wrapped = hasattr(getattr(inner, "score", None) or getattr(inner, "classifier", None), "modules_to_save")
     outputs = 2 if args.length_debias else len(attributes or ()) or 1
-    if args.length_debias and attributes and len(attributes) > 1:
-        raise ModelLoadError("--length_debias takes one reward head; it cannot be combined with several --attributes")
+    if args.length_debias and attributes:
+        raise ModelLoadError("--length_debias works on preference pairs; it cannot be combined with ratings")
     if inner.config.num_labels != outputs or reward_head(model).out_features != outputs:
         if wrapped:
             raise ModelLoadError("prepare the model for its objective (prepare_objective) before adding LoRA")

@@ -1,4 +1,4 @@
-"""`RewardTrainer`: the stock `Trainer` with the pairwise Bradley-Terry loss."""
+"""`RewardTrainer`: the stock `Trainer` with the reward objectives of `reward_trainer.loss` (`--loss`)."""
 
 import os
 
