@@ -5,6 +5,7 @@
     python scripts/benchmark_objectives.py rankings --data_only --output_dir outputs/hh-ranked  # the ranked set only
     python scripts/benchmark_objectives.py length --shared_data ../shared/data --max_steps 150
     python scripts/benchmark_objectives.py confounded --shared_data ../shared/data --max_steps 150
+    python scripts/benchmark_objectives.py synthetic --max_steps 40
 
 - ties: PandaLM (three annotators, "0" = tie), 20% of prompts held out. `bradley_terry` (ties left out of the loss)
   against `bt_ties` (Rao-Kupper, theta learned): accuracy on the held-out non-tie pairs, and the held-out tie
@@ -19,6 +20,9 @@
 - confounded: HH-RLHF rows where the chosen response is the longer for training, and held-out prompts balanced
   (as many chosen-shorter as chosen-longer pairs) for testing, so length predicts the training preference
   perfectly and nothing in the test.
+- synthetic: a length-confounded task on the built-in tiny GPT-2 (seconds, no pretrained backbone): the chosen
+  response starts with " yes", the rejected with " no", then 0-6 filler words; in training the chosen response
+  is always the longer, in testing lengths are drawn independently. `--length_debias` against Bradley-Terry.
 Each prints one JSON line per run and the load average (`os.getloadavg`) at the start and end.
 """
 
@@ -152,15 +156,21 @@ LENGTH_KEYS = ["eval_accuracy", "eval_reward_length_spearman", "eval_accuracy_ch
                "eval_chosen_shorter_pairs", "eval_longer_wins_accuracy", "eval_num_pairs", "train_seconds"]  # fmt: skip
 
 
-def length(shared: str, work: str, steps: int, weight: float) -> None:
+def debias_runs(weights: list[float]) -> list[tuple[str, dict]]:
+    """One `--length_debias` run per correlation weight, then plain Bradley-Terry."""
+    runs = [(f"length_debias (correlation weight {w})", {"length_debias": True, "length_correlation_weight": w})
+            for w in weights]  # fmt: skip
+    return [*runs, ("bradley_terry", {})]
+
+
+def length(shared: str, work: str, steps: int, weights: list[float]) -> None:
     data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, max_length=128, on_bad_row="skip")
-    config = {"length_debias": True, "length_correlation_weight": weight}
-    for name, cfg in (("length_debias", config), ("bradley_terry", {})):
-        metrics, _ = run(name, work, data, cfg, steps, 8)
+    for i, (name, config) in enumerate(debias_runs(weights)):
+        metrics, _ = run(f"length-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
 
-def confounded(shared: str, work: str, steps: int, weight: float) -> None:
+def confounded(shared: str, work: str, steps: int, weights: list[float]) -> None:
     from datasets import Dataset, DatasetDict
 
     from reward_trainer.data.formats import prompt_bucket
@@ -177,18 +187,49 @@ def confounded(shared: str, work: str, steps: int, weight: float) -> None:
     DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(path)
     print(json.dumps({"train_pairs_chosen_longer": len(train), "test_pairs_balanced": len(test)}), flush=True)
     data = dict(dataset_name=path, max_length=128)
-    config = {"length_debias": True, "length_correlation_weight": weight}
-    for name, cfg in (("length_debias", config), ("bradley_terry", {})):
-        metrics, _ = run(f"confounded-{name}", work, data, cfg, steps, 8)
+    for i, (name, config) in enumerate(debias_runs(weights)):
+        metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
+        report(name, metrics, LENGTH_KEYS)
+
+
+def length_confounded_rows(n: int, confounded: bool, rng: random.Random) -> list[dict]:
+    """Pairs whose preference is the first word (" yes" beats " no"); with `confounded`, the chosen is also longer."""
+    words = "red blue green gold grey pink cat dog owl fox bee ant".split()
+    rows = []
+    for i in range(n):
+        prompt = " ".join(rng.choices(words, k=3)) + f" | q{i}?\nanswer:"
+        good, bad = rng.randint(0, 6), rng.randint(0, 6)
+        if confounded:
+            good, bad = max(good, bad) + 1, min(good, bad)
+        rows.append({"prompt": prompt, "chosen": " yes " + " ".join(rng.choices(words, k=good)),
+                     "rejected": " no " + " ".join(rng.choices(words, k=bad))})  # fmt: skip
+    return rows
+
+
+def synthetic(work: str, steps: int, weights: list[float]) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
+    from reward_trainer.train import train
+
+    rng = random.Random(0)
+    path = os.path.join(work, "synthetic")
+    train_rows, test_rows = length_confounded_rows(400, True, rng), length_confounded_rows(100, False, rng)
+    DatasetDict({"train": Dataset.from_list(train_rows), "test": Dataset.from_list(test_rows)}).save_to_disk(path)
+    for i, (name, config) in enumerate(debias_runs(weights)):
+        args = RewardConfig(output_dir=os.path.join(work, f"synthetic-{i}"), max_steps=steps, per_device_train_batch_size=16,
+                            learning_rate=1e-3, use_cpu=True, disable_tqdm=True, seed=0, eval_strategy="no",
+                            logging_steps=100, **config)  # fmt: skip
+        metrics = train(ModelArguments(), DataArguments(dataset_name=path, max_length=64), args)
         report(name, metrics, LENGTH_KEYS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=["ties", "rankings", "length", "confounded"])
+    parser.add_argument("task", choices=["ties", "rankings", "length", "confounded", "synthetic"])
     parser.add_argument("--shared_data", default="../shared/data")
     parser.add_argument("--max_steps", type=int, default=150)
-    parser.add_argument("--length_correlation_weight", type=float, default=1.0)
+    parser.add_argument("--length_correlation_weight", type=float, nargs="+", default=[0.1], help="One run each.")
     parser.add_argument("--data_only", action="store_true", help="rankings: write the ranked set and stop.")
     parser.add_argument("--output_dir", default=None, help="Where the runs go (default: a temporary folder).")
     args = parser.parse_args()
@@ -202,8 +243,10 @@ def main() -> None:
         rankings(args.shared_data, work, args.max_steps, args.data_only)
     elif args.task == "length":
         length(args.shared_data, work, args.max_steps, args.length_correlation_weight)
-    else:
+    elif args.task == "confounded":
         confounded(args.shared_data, work, args.max_steps, args.length_correlation_weight)
+    else:
+        synthetic(work, args.max_steps, args.length_correlation_weight)
     print(json.dumps({"loadavg_end": os.getloadavg()}), flush=True)
 
 
