@@ -355,4 +355,3 @@ def test_attributes_train_save_k_labels_and_score_every_attribute(tmp_path):
     np.testing.assert_allclose(scorer.score_texts(texts), (logits @ torch.tensor([0.75, 0.25])).numpy(), atol=1e-5)
     scorer.set_attribute_weights({"correctness": 1.0})
     np.testing.assert_allclose(scorer.score_texts(texts), logits[:, 1].numpy(), atol=1e-5)
-
