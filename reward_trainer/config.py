@@ -285,6 +285,13 @@ class RewardConfig(TrainingArguments):
         default=None,
         metadata={"help": "With `--loss bt_ties`: a fixed Rao-Kupper theta (> 1); default: learned, from 2."},
     )
+    tie_learning_rate: float = field(
+        default=1e-2,
+        metadata={
+            "help": "With --loss bt_ties and a learned theta: the learning rate of the tie parameter (one scalar, "
+            "its own optimizer group; at the backbone's rate it would barely move in a short run)."
+        },
+    )
     length_debias: bool = field(
         default=False,
         metadata={

@@ -19,7 +19,7 @@ from .loss import (
     rating_regression_loss,
 )
 from .metrics import LABEL_COLUMNS
-from .modeling import base_model_of, prepare_objective, reward_head, tie_alpha
+from .modeling import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
@@ -215,6 +215,18 @@ class RewardTrainer(Trainer):
             return squared
         alpha = tie_alpha(model, self.args).to(chosen.device) if self.args.loss == "bt_ties" else None
         return attribute_pairwise_loss(chosen, rejected, *ratings, alpha=alpha) + self.args.regression_weight * squared
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer, with a learned tie parameter (`bt_ties`) in a group of its own at `tie_learning_rate`
+        and no weight decay: one scalar, which the backbone's learning rate would leave where it started."""
+        optimizer = super().create_optimizer(model)
+        tie = getattr(base_model_of(self.model), TIE_PARAMETER, None)
+        if tie is not None and not any(g.get("tie_parameter") for g in optimizer.param_groups):
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not tie]
+            optimizer.add_param_group({"params": [tie], "lr": self.args.tie_learning_rate, "weight_decay": 0.0,
+                                       "tie_parameter": True})  # fmt: skip
+        return optimizer
 
     def _get_num_items_in_batch(self, batch_samples, device):
         weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]

@@ -237,6 +237,7 @@ def main() -> None:
         sys.exit(f"no shared data at {args.shared_data}")
     print(json.dumps({"task": args.task, "max_steps": args.max_steps, "loadavg_start": os.getloadavg()}), flush=True)
     work = args.output_dir or tempfile.mkdtemp(prefix=f"bench-{args.task}-")
+    os.makedirs(work, exist_ok=True)
     if args.task == "ties":
         ties(args.shared_data, work, args.max_steps)
     elif args.task == "rankings":
