@@ -10,6 +10,22 @@ RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after t
 PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
 # Integers that tell evaluation where a pair comes from: its prompt (row), its subset, its responses' places in the row.
 INDEX_COLUMNS = ("group", "subset", "chosen_response", "rejected_response")
+RATING_COLUMNS = ("chosen_ratings", "rejected_ratings")  # (A,) floats per pair, NaN where missing
+
+
+def pairs_of_rankings(items: list[dict]) -> list[dict]:
+    """Ranking items (`data.pairs.expand_rankings`) -> their pairs, as `expand_pairs` makes them (weight 1/pairs per ranking);
+    pair rows pass through unchanged."""
+    if "ranking_ids" not in items[0]:
+        return items
+    pairs = []
+    for item in items:
+        ids, scores = item["ranking_ids"], item["ranking_scores"]
+        better_worse = [(i, j) for i in range(len(ids)) for j in range(len(ids)) if scores[i] > scores[j]]
+        for i, j in better_worse:
+            pairs.append({"chosen_ids": ids[i], "rejected_ids": ids[j], "weight": 1.0 / len(better_worse),
+                          "tie": 0.0, "group": item["group"], "chosen_response": i, "rejected_response": j})  # fmt: skip
+    return pairs
 
 
 @dataclass
@@ -17,6 +33,7 @@ class PreferenceCollator:
     """Pads chosen and rejected sequences of a batch together, to the longest one in the batch.
 
     Rows carry `chosen_ids` and `rejected_ids` (token ids of prompt + response, special tokens included),
+    or are ranking items (`ranking_ids`, `ranking_scores`, `group`), which are batched as their pairs,
     and optionally the float `PAIR_COLUMNS` (`margin`, `weight`, `tie`, ...) and the integer `INDEX_COLUMNS`.
     Padding is dynamic (never to `max_length`), on the right, rounded up to `pad_to_multiple_of`. The chosen sequences come first, then the rejected ones:
 
@@ -43,6 +60,7 @@ class PreferenceCollator:
     dedupe: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = pairs_of_rankings(rows)
         if self.dedupe:
             sequences, chosen, rejected = unique_sequences(rows)
             batch = self.pad(sequences)
@@ -73,8 +91,11 @@ def pad_sequences(
 
 
 def pair_columns(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """The optional per-pair columns, (B,) each: float `PAIR_COLUMNS`, integer `INDEX_COLUMNS`."""
+    """The optional per-pair columns, (B,) each: float `PAIR_COLUMNS`, integer `INDEX_COLUMNS`; (B, A) `RATING_COLUMNS`."""
     columns = {key: torch.tensor([float(row[key]) for row in rows]) for key in PAIR_COLUMNS if key in rows[0]}
+    columns |= {
+        key: torch.tensor([row[key] for row in rows], dtype=torch.float32) for key in RATING_COLUMNS if key in rows[0]
+    }
     return columns | {key: torch.tensor([int(row[key]) for row in rows]) for key in INDEX_COLUMNS if key in rows[0]}
 
 
@@ -102,6 +123,7 @@ class PrefixSharingCollator:
     pack: bool = True
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = pairs_of_rankings(rows)
         batch = prefix_shared_batch(rows, self.pad_token_id, self.pack, self.pad_to_multiple_of)
         return batch | pair_columns(rows)
 

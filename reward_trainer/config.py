@@ -11,7 +11,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 BUILTIN_MODEL = "builtin:tiny-gpt2"
 BUILTIN_DATASET = "builtin:code-book"
-DATA_FORMATS = ("explicit_prompt", "implicit_prompt", "conversational", "ranking", "column_mapping")
+DATA_FORMATS = ("explicit_prompt", "implicit_prompt", "conversational", "ranking", "ratings", "column_mapping")
 
 
 @dataclass
@@ -86,6 +86,8 @@ class DataArguments:
         conversational: `chosen`/`rejected` (and optional `prompt`) lists of {"role", "content"} messages,
             rendered with the tokenizer's chat template (a plain "role: content" template if it has none).
         ranking: `prompt` and `responses`, K >= 2 strings best first (or ordered by a `scores` list).
+        ratings: `prompt`, `response` and one rating column per attribute (`attributes`, default `rating`), one
+            response per row (HelpSteer); the responses of a prompt are paired by their mean rating.
         column_mapping: `response_columns` + `label_columns` + `label_values` name the columns of anything else.
     Any pair format may carry `margin` (or `score_chosen`/`score_rejected`) and `tie` columns.
     """
@@ -161,6 +163,14 @@ class DataArguments:
             "help": 'JSON: label value -> index of the winning response in `response_columns`, or "tie"; e.g. {"0": "tie", "1": 0, "2": 1}.'
         },
     )
+    attributes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rating columns of the `ratings` format (one response per row), one model output each: the saved "
+            "model has num_labels = len(attributes) and id2label naming them. A missing (null) rating is masked; "
+            "default: one column `rating`."
+        },
+    )
     max_length: int | None = field(
         default=512, metadata={"help": "Longest tokenized prompt + response, in tokens. None: no limit."}
     )
@@ -196,7 +206,19 @@ class DataArguments:
 class RewardConfig(TrainingArguments):
     """Training arguments for reward models: the stock `TrainingArguments` plus the pairwise objective.
 
-    Parameters that control the objective:
+    Parameters that control the objective (`reward_trainer.loss`):
+        loss: `bradley_terry` (pairs; annotated ties are left out), `bt_ties` (Rao-Kupper: ties in the loss, with
+            a tie parameter theta learned, or fixed by `tie_theta`), `plackett_luce` (the listwise likelihood of
+            each prompt's whole ranking; a pair is a ranking of two, where it is Bradley-Terry).
+        tie_theta: with `bt_ties`, fix theta (> 1) instead of learning it. The learned value is saved in
+            config.json as `tie_theta`.
+        length_debias: ODIN: a second head carries length, the reward head is decorrelated from it
+            (`length_correlation_weight`) and orthogonal to it (`length_orthogonality_weight`); the saved model
+            keeps the reward head only.
+        regression / regression_weight / attribute_weights: ratings (the `ratings` format, `--attributes`): one
+            output per attribute; each pairwise loss applies per attribute (pairs ordered by that attribute's
+            ratings), `regression_weight` adds the squared error, `--loss regression` is that alone; the reward is
+            the weighted sum of the attributes.
         center_rewards_coefficient: adds `coef * mean((r_c + r_r)^2)` so that rewards centre on zero
             (Eisenstein et al. 2023). None or 0 disables it.
 
@@ -249,6 +271,57 @@ class RewardConfig(TrainingArguments):
             "skipped with a warning; none found: start from scratch), or the path of a checkpoint."
         },
     )
+    loss: str = field(
+        default="bradley_terry",
+        metadata={
+            "help": "The objective: `bradley_terry` (pairs), `bt_ties` (Rao-Kupper: annotated ties in the loss), "
+            "`plackett_luce` (the likelihood of each prompt's full ranking, every response encoded once), "
+            "`regression` (squared error on ratings, the `ratings` format).",
+            "choices": ["bradley_terry", "bt_ties", "plackett_luce", "regression"],
+        },
+    )
+    regression_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "With ratings (`--attributes`): weight of the squared error on the ratings added to a pairwise "
+            "loss. `--loss regression` trains on the squared error alone."
+        },
+    )
+    attribute_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "With several attributes: the reward is their weighted sum (default: equal weights summing to 1); "
+            "saved in config.json, where the scorer reads it."
+        },
+    )
+    tie_theta: float | None = field(
+        default=None,
+        metadata={"help": "With `--loss bt_ties`: a fixed Rao-Kupper theta (> 1); default: learned, from 2."},
+    )
+    tie_learning_rate: float = field(
+        default=1e-2,
+        metadata={
+            "help": "With --loss bt_ties and a learned theta: the learning rate of the tie parameter (one scalar, "
+            "its own optimizer group; at the backbone's rate it would barely move in a short run)."
+        },
+    )
+    length_debias: bool = field(
+        default=False,
+        metadata={
+            "help": "ODIN: train a second head on length and decorrelate the reward head from length; the saved "
+            "model's single head is the debiased reward. With `bradley_terry` or `bt_ties`."
+        },
+    )
+    length_correlation_weight: float = field(
+        default=0.1,
+        metadata={
+            "help": "With --length_debias: weight of |corr(r, length)| - corr(r_length, length). Larger values (0.3 "
+            "and up on the tests' tiny model) can leave the reward head with nothing learned."
+        },
+    )
+    length_orthogonality_weight: float = field(
+        default=1.0, metadata={"help": "With --length_debias: weight of |w_reward . w_length| (the two heads)."}
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the reward-centring term `mean((r_c + r_r)^2)`; None disables it."},
@@ -285,6 +358,10 @@ class RewardConfig(TrainingArguments):
         if not self.use_cpu and not accelerator_available():
             self.use_cpu = True
         super().__post_init__()
+        if self.tie_theta is not None and (self.loss != "bt_ties" or not self.tie_theta > 1):
+            raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
+        if self.length_debias and self.loss not in ("bradley_terry", "bt_ties"):
+            raise ValueError(f"--length_debias works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}")
 
 
 def accelerator_available() -> bool:

@@ -48,6 +48,8 @@ def read_texts(
             rows = rows.select(range(min(len(rows), args.max_samples)))
         for row in rows.select_columns(["prompt", "responses", "scores", "subset"]):
             responses, scores = row["responses"], row["scores"]
+            if len(responses) < 2:  # a prompt with one rated response (the ratings format): nothing to compare
+                continue
             if len(responses) > 2:
                 rankings.append({"prompt": row["prompt"], "responses": responses, "scores": scores})
                 continue

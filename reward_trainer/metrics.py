@@ -17,6 +17,11 @@ The same code serves `compute_metrics` during training (lengths there are in tok
 - longer_wins_accuracy: the baseline that prefers the longer response (equal lengths count 0.5).
 - reward_length_spearman: Spearman's rho between reward and response length, chosen and rejected pooled.
 - accuracy_chosen_shorter: accuracy on the pairs whose chosen response is strictly shorter.
+- accuracy_non_tie: accuracy over the pairs the annotators did not call a tie (when some are).
+- tie_log_likelihood / win_log_likelihood (a model trained with ties, `--loss bt_ties`): mean log-probability,
+  under Rao-Kupper with the model's theta, of the annotated ties / of the chosen response winning the other pairs.
+- rmse / rating_pearson / rating_spearman per attribute (ratings): predicted against annotated ratings of the
+  responses of the pairs (a response in several pairs counts in each), missing ratings left out.
 - kendall_tau / spearman_rho (ranked data, K > 2 responses per prompt): tau-b and rho between the model's
   rewards and the human scores of one prompt's responses, averaged over prompts.
 """
@@ -149,6 +154,40 @@ def rankings_from_pairs(
     return model_scores, human_scores
 
 
+def rao_kupper_log_likelihood(chosen, rejected, human_tie, alpha: float) -> dict[str, float]:
+    """Mean log P(tie) over annotated ties and mean log P(chosen wins) over the other pairs, under Rao-Kupper with
+    theta = exp(alpha): P(win) = sigmoid(d - alpha), P(tie) = sigmoid(alpha - d) sigmoid(alpha + d) (1 - e^(-2 alpha)),
+    d = r_c - r_r (`loss.rao_kupper_log_probs`). NaN where there are no such pairs."""
+    d = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    tie = np.asarray(human_tie) > 0
+
+    def log_sigmoid(x):
+        return -np.logaddexp(0.0, -x)
+
+    win = log_sigmoid(d - alpha)
+    tied = log_sigmoid(alpha - d) + log_sigmoid(alpha + d) + np.log(-np.expm1(-2 * alpha))
+    return {
+        "tie_log_likelihood": float(tied[tie].mean()) if tie.any() else math.nan,
+        "win_log_likelihood": float(win[~tie].mean()) if (~tie).any() else math.nan,
+    }
+
+
+def rating_metrics(predicted: np.ndarray, ratings: np.ndarray) -> dict[str, float]:
+    """RMSE, Pearson's r and Spearman's rho of predicted against annotated ratings, NaN (missing) ratings left out."""
+    known = ~np.isnan(ratings)
+    predicted, ratings = predicted[known], ratings[known]
+    if len(ratings) == 0:
+        return {"rmse": math.nan, "rating_pearson": math.nan, "rating_spearman": math.nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        pearson = float(stats.pearsonr(predicted, ratings).statistic) if len(ratings) > 1 else math.nan
+    return {
+        "rmse": float(np.sqrt(np.mean((predicted - ratings) ** 2))),
+        "rating_pearson": pearson,
+        "rating_spearman": spearman(predicted, ratings),
+    }
+
+
 def _nanmean(values: Sequence[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
@@ -211,11 +250,17 @@ def per_subset_accuracy(correct: np.ndarray, subsets: Sequence[str], seed: int =
     return report
 
 
-def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = None) -> dict[str, float]:
+def compute_metrics(
+    eval_pred: EvalPrediction, subsets: Sequence[str] | None = None, attributes: Sequence[str] | None = None
+) -> dict[str, float]:
     """Accuracy (ties 0.5) and its bootstrap 95% interval, tie rate, ECE, length bias, reward statistics,
     accuracy per subset and, for ranked data, Kendall's tau and Spearman's rho averaged over prompts.
 
-    `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected. `label_ids` is (N,), 1 where the
+    `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected; or (N, 3) with the Rao-Kupper alpha of
+    a `bt_ties` model in the third column (NaN for other losses; with it, the tie and win log-likelihoods are
+    added); or (N, 3 + 4A) with ratings of A attributes: then each attribute's rewards of chosen and rejected and
+    their ratings (A columns each), for `rating_metrics` per attribute (`rmse/<name>`, ...; `attributes` names
+    them, else their index). `label_ids` is (N,), 1 where the
     annotators called the pair a tie, or (N, k) with the first k of `LABEL_COLUMNS` (what
     `RewardTrainer.prediction_step` returns, all of them; -1 where the data has none): tie, the response
     lengths in tokens (the text is not at hand here, so the length metrics count tokens where `reward-trainer
@@ -233,6 +278,19 @@ def compute_metrics(eval_pred: EvalPrediction, subsets: Sequence[str] | None = N
     if any(length is None or (length < 0).any() for length in lengths):
         lengths = [None, None]
     metrics = preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
+    if human_tie is not None and (human_tie > 0).any() and (human_tie <= 0).any():
+        metrics["accuracy_non_tie"] = float(pair_correctness(chosen, rejected)[human_tie <= 0].mean())
+    alpha = float(rewards[0, 2]) if rewards.shape[1] > 2 and len(rewards) else math.nan
+    if not math.isnan(alpha) and human_tie is not None:  # the third column: alpha = log(theta) of `bt_ties`
+        metrics |= rao_kupper_log_likelihood(chosen, rejected, human_tie, alpha)
+        metrics["tie_theta"] = math.exp(alpha)
+    if rewards.shape[1] > 3:
+        n = (rewards.shape[1] - 3) // 4
+        r_c, r_r, y_c, y_r = (rewards[:, 3 + k * n : 3 + (k + 1) * n] for k in range(4))
+        for a in range(n):
+            name = attributes[a] if attributes is not None else str(a)
+            per = rating_metrics(np.concatenate([r_c[:, a], r_r[:, a]]), np.concatenate([y_c[:, a], y_r[:, a]]))
+            metrics |= {f"{key}/{name}": value for key, value in per.items()}
     metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
     metrics["num_pairs"] = metrics.pop("pairs")  # pairs scored: under DDP, shows none were duplicated or dropped
 

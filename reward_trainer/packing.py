@@ -179,7 +179,7 @@ def supports_prefix_sharing(model) -> bool:
 
 
 def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rewards (U,) of the unique sequences of a batch laid out by `prefix_shared_batch`.
+    """Rewards (U,) (or (U, K) for a head of K outputs) of the unique sequences of a batch laid out by `prefix_shared_batch`.
 
     Runs the model's own forward (so DDP, FSDP, DeepSpeed and autocast wrappers all apply) and reads the
     per-token output of its `score` head, captured by a hook, at each response's last token.
@@ -196,5 +196,6 @@ def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tenso
         model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=inputs["position_ids"], use_cache=False)
     finally:
         handle.remove()
-    per_token = captured[0].squeeze(-1)  # (R, T)
-    return per_token.reshape(-1)[inputs["reward_index"]].float()  # (U,)
+    per_token = captured[0]  # (R, T, K): K = 1, or 2 with a length head
+    rewards = per_token.reshape(-1, per_token.shape[-1])[inputs["reward_index"]].float()  # (U, K)
+    return rewards.squeeze(-1) if rewards.shape[-1] == 1 else rewards

@@ -97,6 +97,8 @@ class RewardScorer:
         self.group_prompts = group_prompts and supports_prefix_sharing(model)
         self.reward_mean = getattr(model.config, "reward_mean", None)
         self.reward_std = getattr(model.config, "reward_std", None)
+        # Several attributes (one output each): the reward is their weighted sum (`set_attribute_weights`).
+        self.attribute_weights = torch.tensor(getattr(model.config, "attribute_weights", None) or [1.0])
 
     @classmethod
     def from_pretrained(
@@ -108,8 +110,8 @@ class RewardScorer:
             require_safetensors(path)  # refuse pickle-only checkpoints with a clear message
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device)
-        if model.config.num_labels != 1:
-            raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reward model has one")
+        if model.config.num_labels != 1 and getattr(model.config, "attribute_weights", None) is None:
+            raise ValueError(f"{path!r} has {model.config.num_labels} labels; a reward model has one (or attributes)")
         if tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer, **kwargs)
@@ -233,7 +235,9 @@ class RewardScorer:
         batch = prefix_shared_batch(pairs, self.pad_token_id)
         device = self.model.device
         inputs = {key: value.to(device) for key, value in batch.items()}
-        rewards = prefix_shared_rewards(self.model, inputs)[inputs["rejected_index"]]  # (texts,)
+        rewards = prefix_shared_rewards(self.model, inputs)[inputs["rejected_index"]]  # (texts,) or (texts, A)
+        if rewards.dim() == 2:  # one output per attribute: their weighted sum, as `forward` gives
+            rewards = rewards @ self.attribute_weights.to(rewards.device)
         return list(zip((i for tree in trees for i in tree), rewards.tolist()))
 
     @torch.inference_mode()
@@ -246,5 +250,28 @@ class RewardScorer:
             inputs["position_ids"] = (padded["attention_mask"].cumsum(-1) - 1).clamp_min(0).to(device)  # (B, T)
         if self.takes_use_cache:
             inputs["use_cache"] = False
-        logits = self.model(**inputs).logits  # (B, 1)
-        return logits[:, 0].float().tolist()
+        logits = self.model(**inputs).logits.float()  # (B, A): A = 1, or one output per attribute
+        return (logits @ self.attribute_weights.to(logits.device)).tolist()
+
+    def set_attribute_weights(self, weights: dict[str, float] | list[float]) -> None:
+        """The weights of the attributes in the reward (default: config.json's `attribute_weights`), as a list in
+        the order of `config.id2label` or a {name: weight} dict (attributes left out weigh 0)."""
+        names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        if isinstance(weights, dict):
+            unknown = set(weights) - set(names)
+            if unknown:
+                raise ValueError(f"unknown attributes {sorted(unknown)}; this model has {names}")
+            weights = [float(weights.get(name, 0.0)) for name in names]
+        if len(weights) != len(names):
+            raise ValueError(f"got {len(weights)} weights for the {len(names)} attributes {names}")
+        self.attribute_weights = torch.tensor(weights, dtype=torch.float32)
+
+    def score_attributes(self, texts: list[str]) -> list[dict[str, float]]:
+        """Every attribute's reward of each text, as {name: reward} (`config.id2label` names the outputs)."""
+        names = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        saved, self.attribute_weights = self.attribute_weights, torch.eye(len(names))  # forward gives (B, A) rows
+        try:
+            rows = self.score_texts(texts)
+        finally:
+            self.attribute_weights = saved
+        return [dict(zip(names, row)) for row in rows]

@@ -20,7 +20,7 @@ from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_data_report
 from .errors import UsageError
 from .metrics import compute_metrics
-from .modeling import add_lora, load_reward_model, save_lora_model
+from .modeling import add_lora, export_reward_model, load_reward_model, prepare_objective, save_lora_model
 from .scorer import store_reward_normalization
 from .trainer import RewardTrainer
 
@@ -58,10 +58,18 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     setup_logging(training_args)
     set_seed(training_args.seed)
     model, tokenizer = load_reward_model(model_args)
+    with training_args.main_process_first(desc="preprocessing"):
+        data = load_preference_data(
+            data_args,
+            tokenizer,
+            seed=training_args.seed,
+            ties_in_loss=training_args.loss == "bt_ties",
+            rankings=training_args.loss == "plackett_luce",
+        )
+    # A length head, a tie parameter, one output per rated attribute: before LoRA wraps the head.
+    prepare_objective(model, training_args, attributes=data.attributes)
     if model_args.use_peft:
         model = add_lora(model, model_args)
-    with training_args.main_process_first(desc="preprocessing"):
-        data = load_preference_data(data_args, tokenizer, seed=training_args.seed)
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
     # Saved in config.json, so that `reward-trainer evaluate` renders HH text as training did.
@@ -78,7 +86,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        compute_metrics=functools.partial(compute_metrics, subsets=subsets),
+        compute_metrics=functools.partial(compute_metrics, subsets=subsets, attributes=data.attributes),
     )
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -96,10 +104,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     if model_args.use_peft:
         if trainer.is_world_process_zero():
             save_lora_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, training_args.output_dir)
-    elif training_args.push_to_hub:  # saves to output_dir, writes the model card, uploads the folder
+        return _finish(trainer, training_args, metrics)
+    # The checkpoints keep a length head and a tie parameter for resuming; the final model is a plain reward model.
+    export_reward_model(trainer.model)
+    if training_args.push_to_hub:  # saves to output_dir, writes the model card, uploads the folder
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     else:
         trainer.save_model(training_args.output_dir)
+    return _finish(trainer, training_args, metrics)
+
+
+def _finish(trainer: RewardTrainer, training_args: RewardConfig, metrics: dict[str, float]) -> dict[str, float]:
     if trainer.is_world_process_zero():
         path = os.path.abspath(training_args.output_dir)
         if "eval_accuracy" in metrics:

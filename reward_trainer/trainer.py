@@ -1,4 +1,4 @@
-"""`RewardTrainer`: the stock `Trainer` with the pairwise Bradley-Terry loss."""
+"""`RewardTrainer`: the stock `Trainer` with the reward objectives of `reward_trainer.loss` (`--loss`)."""
 
 import os
 
@@ -7,20 +7,35 @@ import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import INDEX_COLUMNS, PAIR_COLUMNS, PrefixSharingCollator, collator_for
-from .errors import NonFiniteLossError
-from .loss import bradley_terry_loss
+from .collator import INDEX_COLUMNS, PAIR_COLUMNS, RATING_COLUMNS, PrefixSharingCollator, collator_for
+from .errors import NonFiniteLossError, UsageError
+from .loss import (
+    attribute_pairwise_loss,
+    bradley_terry_loss,
+    length_decorrelation_loss,
+    orthogonality_loss,
+    plackett_luce_loss,
+    rao_kupper_loss,
+    rating_regression_loss,
+)
 from .metrics import LABEL_COLUMNS
+from .modeling import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
 def pair_length(row: dict) -> dict[str, int]:
-    """The length a pair is batched by with plain padding: its longer side."""
+    """The length a pair (or ranking item) is batched by with plain padding: its longest sequence."""
+    if "ranking_ids" in row:
+        return {"length": max(len(ids) for ids in row["ranking_ids"])}
     return {"length": max(len(row["chosen_ids"]), len(row["rejected_ids"]))}
 
 
 def shared_pair_length(row: dict) -> dict[str, int]:
-    """The length a pair is batched by with prefix sharing: its row `[prompt | chosen | rejected]`."""
+    """The length a pair is batched by with prefix sharing: its row `[prompt | chosen | rejected]` (a ranking
+    item: its first response whole, and what each other one adds to it)."""
+    if "ranking_ids" in row:
+        first, *rest = row["ranking_ids"]
+        return {"length": len(first) + sum(shared_row_length(first, ids) - len(first) for ids in rest)}
     return {"length": shared_row_length(row["chosen_ids"], row["rejected_ids"])}
 
 
@@ -69,6 +84,8 @@ class RewardTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, **kwargs):
+        if model is not None and args is not None:
+            prepare_objective(model, args)
         if data_collator is None and model is not None and args is not None:
             data_collator = collator_for(model, args, model.config.pad_token_id)
         grouped = args is not None and args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
@@ -85,6 +102,12 @@ class RewardTrainer(Trainer):
         eval_dataset = kwargs.pop("eval_dataset", None)
         if isinstance(eval_dataset, datasets.Dataset) and "chosen_length" not in eval_dataset.column_names:
             eval_dataset = eval_dataset.map(response_lengths, desc="Measuring response lengths")
+        if (
+            getattr(args, "length_debias", False)
+            and isinstance(train_dataset, datasets.Dataset)
+            and "chosen_length" not in train_dataset.column_names
+        ):
+            train_dataset = train_dataset.map(response_lengths, desc="Measuring response lengths")
         super().__init__(
             model=model,
             args=args,
@@ -96,7 +119,10 @@ class RewardTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["chosen_ids", "rejected_ids", *PAIR_COLUMNS, *INDEX_COLUMNS]
+            self._signature_columns = [
+                "chosen_ids", "rejected_ids", "ranking_ids", "ranking_scores", *PAIR_COLUMNS, *INDEX_COLUMNS,
+                *RATING_COLUMNS,
+            ]  # fmt: skip
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -123,16 +149,32 @@ class RewardTrainer(Trainer):
         return pair_rewards(model, inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        chosen, rejected = self.compute_rewards(model, inputs)
-        losses = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
-        weight = inputs.get("weight", torch.ones_like(losses))
+        chosen, rejected = self.compute_rewards(model, inputs)  # (B,), or (B, 2) with a length head
+        batch_term = None  # a statistic of the whole micro-batch (ODIN), weighted by the micro-batch's share
+        if self.args.length_debias:
+            lengths = torch.cat([inputs["chosen_length"], inputs["rejected_length"]])  # (2B,)
+            both = torch.cat([chosen, rejected])  # (2B, 2): reward, length reward
+            weight = reward_head(model).weight  # (2, H)
+            batch_term = self.args.length_correlation_weight * length_decorrelation_loss(
+                both[:, 0], both[:, 1], lengths
+            ) + self.args.length_orthogonality_weight * orthogonality_loss(weight[0], weight[1])
+            outputs = (chosen[:, 0], rejected[:, 0])  # what evaluation reports: the debiased reward
+            chosen, rejected = chosen.sum(-1), rejected.sum(-1)  # the preference is explained by both heads
+        else:
+            outputs = (chosen, rejected)
+        losses, weight = self.objective(model, chosen, rejected, inputs)
         if num_items_in_batch is None:  # evaluation: a plain weighted mean over this batch
             loss = (weight * losses).sum() / weight.sum().clamp_min(1e-12)
+            if batch_term is not None:
+                loss = loss + batch_term
         else:
             # Sum over this micro-batch divided by the weight of the whole accumulated (and, under DDP,
             # global) batch, so that 2 x accumulation 2 gives the gradient of batch 4 exactly, even when
             # micro-batches differ in size. DDP averages gradients over processes: multiply that back.
-            loss = (weight * losses).sum() / num_items_in_batch * self.accelerator.num_processes
+            scale = self.accelerator.num_processes / num_items_in_batch
+            loss = (weight * losses).sum() * scale
+            if batch_term is not None:  # each micro-batch's statistic counts by its share of the batch's weight
+                loss = loss + batch_term * weight.sum() * scale
             # Stop before a NaN reaches the weights (and from there every later checkpoint). This costs one
             # device sync per micro-batch; on a crash, the checkpoints already written stay intact.
             if not torch.isfinite(loss):
@@ -142,7 +184,49 @@ class RewardTrainer(Trainer):
                     f"{self.args.output_dir} are intact: lower the learning rate or check the data, then rerun "
                     "with --resume_from_checkpoint auto"
                 )
-        return (loss, (chosen, rejected)) if return_outputs else loss
+        return (loss, outputs) if return_outputs else loss
+
+    def objective(self, model, chosen, rejected, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses, weights) of the `--loss` objective: per pair, or per ranking for `plackett_luce`."""
+        if self.args.loss == "plackett_luce":
+            return ranking_losses(chosen, rejected, inputs)
+        weight = inputs.get("weight", torch.ones(len(chosen), device=chosen.device))
+        if "chosen_ratings" in inputs:  # ratings of A attributes: rewards (B, A)
+            return self.rating_losses(model, chosen, rejected, inputs), weight
+        if self.args.loss == "regression":
+            raise UsageError(
+                "--loss regression needs ratings: the `ratings` format (prompt, response, rating columns)"
+            )
+        if self.args.loss == "bt_ties":
+            tie = inputs.get("tie", torch.zeros_like(chosen))
+            losses = rao_kupper_loss(chosen, rejected, tie, tie_alpha(model, self.args).to(chosen.device))
+        else:
+            losses = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
+        return losses, weight
+
+    def rating_losses(self, model, chosen, rejected, inputs) -> torch.Tensor:
+        """Per pair: the `--loss` applied to each attribute, plus `regression_weight` times the squared error on the
+        ratings of both responses (`--loss regression`: the squared error alone)."""
+        chosen = chosen if chosen.dim() == 2 else chosen[:, None]  # (B, A)
+        rejected = rejected if rejected.dim() == 2 else rejected[:, None]
+        ratings = inputs["chosen_ratings"], inputs["rejected_ratings"]  # (B, A) each, NaN: missing
+        squared = (rating_regression_loss(chosen, ratings[0]) + rating_regression_loss(rejected, ratings[1])) / 2
+        if self.args.loss == "regression":
+            return squared
+        alpha = tie_alpha(model, self.args).to(chosen.device) if self.args.loss == "bt_ties" else None
+        return attribute_pairwise_loss(chosen, rejected, *ratings, alpha=alpha) + self.args.regression_weight * squared
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer, with a learned tie parameter (`bt_ties`) in a group of its own at `tie_learning_rate`
+        and no weight decay: one scalar, which the backbone's learning rate would leave where it started."""
+        optimizer = super().create_optimizer(model)
+        tie = getattr(base_model_of(self.model), TIE_PARAMETER, None)
+        if tie is not None and not any(g.get("tie_parameter") for g in optimizer.param_groups):
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not tie]
+            optimizer.add_param_group({"params": [tie], "lr": self.args.tie_learning_rate, "weight_decay": 0.0,
+                                       "tie_parameter": True})  # fmt: skip
+        return optimizer
 
     def _get_num_items_in_batch(self, batch_samples, device):
         weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]
@@ -157,7 +241,19 @@ class RewardTrainer(Trainer):
             loss, (chosen, rejected) = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
+        attributes = None
+        if "chosen_ratings" in inputs:  # ratings: the reward is the weighted sum of the attributes
+            chosen, rejected = (x if x.dim() == 2 else x[:, None] for x in (chosen, rejected))
+            attributes = [chosen, rejected, inputs["chosen_ratings"], inputs["rejected_ratings"]]  # (B, A) each
+            weights = torch.tensor(base_model_of(model).config.attribute_weights, device=chosen.device)
+            chosen, rejected = chosen @ weights, rejected @ weights
         rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
+        if self.args.loss == "bt_ties" or attributes:
+            # Column 2: the tie parameter alpha = log(theta), for the tie log-likelihood metric (NaN: none);
+            # then the rewards and ratings of each attribute (see `metrics.compute_metrics`).
+            alpha = tie_alpha(model, self.args) if self.args.loss == "bt_ties" else torch.tensor(float("nan"))
+            extra = [alpha.to(chosen.device).detach().float().expand(len(chosen), 1), *(attributes or [])]
+            rewards = torch.cat([rewards, *extra], dim=1)  # (B, 3) or (B, 3 + 4A)
         # Integers of one width whatever the data has (-1 where a column is absent, no tie if `tie` is), so
         # that the stock Trainer concatenates and, under DDP, gathers them as they are; int64 keeps row ids exact.
         absent = torch.full_like(chosen, -1, dtype=torch.long)
@@ -193,6 +289,30 @@ def num_pairs(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
 
 
+def ranking_losses(chosen, rejected, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plackett-Luce losses (G,) of the rankings in a batch of pairs, and each ranking's weight (G,).
+
+    A response is its ranking (`group`) and its place in it (`chosen_response` / `rejected_response`); its reward
+    is the mean of its copies (they are one forward's output, or equal ones), its rank the number of responses it
+    beats, which orders a ranking's responses as its scores do when all its pairs are in the batch (ranking items
+    are batched whole). Annotated ties are not a ranking and are left out.
+    """
+    keep = inputs["tie"] == 0 if "tie" in inputs else torch.ones_like(chosen, dtype=torch.bool)
+    weight = inputs["weight"][keep] if "weight" in inputs else torch.ones_like(chosen[keep])
+    group = inputs["group"][keep]
+    if len(group) == 0:
+        return chosen[:0], chosen[:0]
+    places = torch.cat([inputs["chosen_response"][keep], inputs["rejected_response"][keep]])  # (2P,)
+    keys = torch.cat([group, group]) * (int(places.max()) + 1) + places
+    responses, slot = torch.unique(keys, return_inverse=True)  # (U,), (2P,)
+    values = torch.cat([chosen[keep], rejected[keep]])
+    rewards = values.new_zeros(len(responses)).scatter_reduce(0, slot, values, "mean", include_self=False)
+    wins = values.new_zeros(len(responses)).index_add(0, slot[: len(group)], torch.ones_like(weight))
+    losses = plackett_luce_loss(rewards, wins, responses // (int(places.max()) + 1))  # (G,)
+    groups, group_slot = torch.unique(group, return_inverse=True)
+    return losses, weight.new_zeros(len(groups)).index_add(0, group_slot, weight)
+
+
 def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of each pair's chosen and rejected sequence, (B,) each, from the batch a collator built.
 
@@ -204,7 +324,7 @@ def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         rewards = prefix_shared_rewards(model, inputs)  # (U,)
     else:
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        rewards = logits.squeeze(-1).float()  # (2B,) or (U,)
+        rewards = logits.squeeze(-1).float()  # (2B,) or (U,); (.., 2) with a length head
         if "chosen_index" not in inputs:
             return rewards.chunk(2)
     return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]

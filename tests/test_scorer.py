@@ -263,3 +263,23 @@ def test_encoders_keep_the_plain_path(tiny_tokenizer):
     assert not scorer.group_prompts
     prompts, responses = grouped_prompts_and_responses()
     assert scorer.score(prompts, responses) == scorer.score_texts([p + r for p, r in zip(prompts, responses)])
+
+
+def test_grouped_scoring_of_several_attributes_gives_their_weighted_sum(tiny_tokenizer):
+    """A head of three attribute outputs: grouped scoring returns the weighted sum, as the plain path does, and
+    `score_attributes` every output."""
+    prompts, responses = grouped_prompts_and_responses()
+    grouped = tiny_causal_scorer("llama", tiny_tokenizer)
+    head = torch.nn.Linear(32, 3, bias=False)
+    grouped.model.score = head
+    grouped.model.config.num_labels = 3
+    grouped.model.config.id2label = {0: "a", 1: "b", 2: "c"}
+    grouped.set_attribute_weights([0.5, -1.0, 2.0])
+    plain = RewardScorer(grouped.model, tiny_tokenizer, group_prompts=False)
+    plain.set_attribute_weights([0.5, -1.0, 2.0])
+    ours, reference = grouped.score(prompts, responses), plain.score(prompts, responses)
+    assert grouped.group_prompts and not plain.group_prompts
+    assert max(abs(a - b) for a, b in zip(ours, reference)) <= 1e-4
+    attributes = plain.score_attributes([prompts[0] + responses[0]])[0]
+    assert attributes.keys() == {"a", "b", "c"}
+    assert sum(w * attributes[k] for k, w in zip("abc", (0.5, -1.0, 2.0))) == pytest.approx(reference[0], abs=1e-5)

@@ -48,8 +48,16 @@ from transformers import PreTrainedTokenizerBase
 from ..chat import chat_template_of, renders_implicit_prompt_with_template
 from ..config import DataArguments
 from ..errors import DataError
-from .formats import FormatSpec, drop_bad_rows, indices_where, normalize, resolve_format, split_implicit_prompt
-from .pairs import encode_subsets, expand_pairs, is_tie
+from .formats import (
+    FormatSpec,
+    drop_bad_rows,
+    group_ratings,
+    indices_where,
+    normalize,
+    resolve_format,
+    split_implicit_prompt,
+)
+from .pairs import encode_subsets, expand_pairs, expand_rankings, is_tie
 from .sources import display_name, parse_sources, read_source, subset_names
 from .tokenizing import tokenize
 
@@ -70,22 +78,33 @@ class PreferenceData:
     train: Dataset
     eval: Dataset | None
     report: dict = field(default_factory=dict)
+    attributes: list[str] | None = None  # the rating columns, for the `ratings` format
 
 
 def load_preference_data(
-    data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, seed: int = 42
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int = 42,
+    ties_in_loss: bool = False,
+    rankings: bool = False,
 ) -> PreferenceData:
-    """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring."""
+    """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring.
+
+    `ties_in_loss` (a loss that models ties): tie pairs are trained on, with weight 1, and weigh 1 in the eval
+    loss. `rankings` (a listwise loss): the training set holds one item per row (`expand_rankings`), so that
+    all the responses of a ranking go to one batch; the eval set stays pairs, which the metrics read."""
     sources = parse_sources(data_args)
     report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
     report["empty_responses"] = 0
     report["skipped_rows"], report["sources"] = [], []
-    train_parts, eval_parts, has_margin = [], [], False
+    train_parts, eval_parts, has_margin, has_ratings, attributes = [], [], False, False, None
     subsets = subset_names([name for name, _ in sources])
     for name, weight in sources:
         rows_before = report["input_rows"]
         spec, splits = read_rows(name, data_args, tokenizer, seed, report, subset=subsets[name])
         has_margin |= spec.has_margin
+        has_ratings |= spec.format == "ratings"
+        attributes = list(spec.rating_columns) or attributes
         source_rows = report["input_rows"] - rows_before
         if "eval" in splits:
             train, test = splits["train"], splits["eval"]
@@ -95,8 +114,9 @@ def load_preference_data(
             test = splits["train"].select(indices_where(in_eval, True))
         used = math.floor(len(train) * weight + 1e-9)
         if used < len(train):
-            report["unused"] += len(train) - used
+            before = _input_rows(train)
             train = train.shuffle(seed=seed).select(range(used)).flatten_indices()
+            report["unused"] += before - _input_rows(train)
         report["sources"].append({"name": name, "format": spec.format, "rows": source_rows, "weight": weight})
         train_parts.append(train)
         eval_parts.append(test)
@@ -107,9 +127,25 @@ def load_preference_data(
     train, test = (tokenize(rows, tokenizer, data_args) for rows in (train, test))
     for rows in (train, test):
         _count_statuses(rows, report)
-    train_pairs = expand_pairs(train, keep_ties=False, margin=has_margin)
-    train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
-    eval_pairs = encode_subsets(expand_pairs(test, keep_ties=True, margin=has_margin, group_offset=len(train)))
+    # A loss that models ties trains on them; so do ratings, whose losses read each attribute's own ratings.
+    tie_weight = 1.0 if ties_in_loss or has_ratings else 0.0
+    if has_ratings and len(sources) > 1:
+        raise DataError("the ratings format cannot be mixed with other sources in --dataset_mixture")
+    if rankings:
+        if has_ratings:
+            raise DataError(
+                "--loss plackett_luce takes rankings, not ratings: use bradley_terry, bt_ties or regression"
+            )
+        train_pairs = expand_rankings(train)
+    else:
+        train_pairs = expand_pairs(
+            train, keep_ties=ties_in_loss or has_ratings, margin=has_margin, tie_weight=tie_weight, ratings=has_ratings
+        )
+        train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
+    eval_pairs = expand_pairs(
+        test, keep_ties=True, margin=has_margin, group_offset=len(train), tie_weight=tie_weight, ratings=has_ratings
+    )
+    eval_pairs = encode_subsets(eval_pairs)
     report.update(
         train_rows=len(train),
         eval_rows=len(test),
@@ -123,7 +159,7 @@ def load_preference_data(
     logger.info("data: %s", {k: v for k, v in report.items() if k != "skipped_rows"})
     if len(train_pairs) == 0:
         raise DataError(f"{data_args.dataset_name}: no training pairs left (see the counts above)")
-    return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report)
+    return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report, attributes)
 
 
 def read_rows(
@@ -162,6 +198,8 @@ def read_rows(
     }
     report["input_rows"] += sum(len(rows) for rows in splits.values())
     splits = {key: drop_bad_rows(rows, data_args.on_bad_row, report) for key, rows in splits.items()}
+    if spec.format == "ratings":  # one response per row: a prompt's responses become one row
+        splits = {key: group_ratings(rows) for key, rows in splits.items()}
     report["empty_responses"] += sum(map(_empty_responses, splits.values()))
     return spec, splits
 
@@ -189,8 +227,14 @@ def _concat(parts: list[Dataset]) -> Dataset:
 def _cap(rows: Dataset, limit: int | None, report: dict) -> Dataset:
     if limit is None or len(rows) <= limit:
         return rows
-    report["unused"] += len(rows) - limit
-    return rows.select(range(limit))
+    kept = rows.select(range(limit))
+    report["unused"] += _input_rows(rows) - _input_rows(kept)
+    return kept
+
+
+def _input_rows(rows: Dataset) -> int:
+    """The input rows that `rows` hold: a `ratings` row holds one per response (`_rows`)."""
+    return sum(rows["_rows"]) if "_rows" in rows.column_names else len(rows)
 
 
 def _count_statuses(rows: Dataset, report: dict) -> None:
@@ -199,6 +243,7 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
     table = rows.with_format("arrow")
     statuses = table["_status"].to_pylist()
     scores = table["scores"].to_pylist()
-    for status, row_scores in zip(statuses, scores, strict=False):
+    counts = table["_rows"].to_pylist() if "_rows" in table.column_names else [1] * len(statuses)
+    for status, row_scores, count in zip(statuses, scores, counts, strict=False):
         key = "ties" if status != "filtered" and is_tie(row_scores) else status
-        report[key] += 1
+        report[key] += count

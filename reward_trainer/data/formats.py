@@ -30,6 +30,7 @@ class FormatSpec:
     response_columns: tuple = ()
     label_columns: tuple = ()
     label_values: tuple = ()  # ((label as str, response index or "tie"), ...)
+    rating_columns: tuple = ()  # the `ratings` format: one rating column per attribute
     has_margin: bool = False
     chat_implicit: bool = False  # implicit-prompt text parsed into messages and rendered with the chat template
 
@@ -76,6 +77,7 @@ def detect_format(columns: set[str], example: dict, name: str = "the data") -> s
     """The format of rows with these (canonical) columns; `example` holds a value of each column.
 
     - `ranking`: `responses`, a list of K >= 2 strings, best first (or ordered by an optional `scores` list);
+    - `ratings`: `prompt`, `response` and rating columns, one response per row (HelpSteer);
     - `conversational`: `chosen`/`rejected` (and optional `prompt`) are lists of {"role", "content"} messages;
     - `explicit_prompt`: `prompt`, `chosen`, `rejected` strings;
     - `implicit_prompt`: `chosen`, `rejected` whole conversations (HH-RLHF); the prompt is their shared prefix
@@ -84,6 +86,8 @@ def detect_format(columns: set[str], example: dict, name: str = "the data") -> s
     """
     if "responses" in columns:
         return "ranking"
+    if "response" in columns and not {"chosen", "rejected"} & columns:
+        return "ratings"
     if {"chosen", "rejected"} <= columns:
         if isinstance(example.get("chosen"), list) or isinstance(example.get("prompt"), list):
             return "conversational"
@@ -133,9 +137,15 @@ def resolve_format(raw: Dataset, data_args: DataArguments, name: str = "the data
             if "_json" in raw.column_names and len(raw) == 1:  # one object on one line, not a row of any format
                 raise DataError(f"{name}: {SINGLE_OBJECT}") from None
             raise
-    for column in (*(data_args.response_columns or ()), *(data_args.label_columns or ())):
+    rating_columns = ()
+    if fmt == "ratings":
+        rating_columns = tuple(data_args.attributes or ("rating",))
+    elif data_args.attributes:
+        raise DataError(f"{name}: --attributes needs the ratings format (prompt, response, rating columns), not {fmt}")
+    for column in (*(data_args.response_columns or ()), *(data_args.label_columns or ()), *rating_columns):
         if column not in columns:
-            raise DataError(f"{name}: has no column {column!r} (columns: {', '.join(sorted(columns))})")
+            what = "attribute " if column in rating_columns else ""
+            raise DataError(f"{name}: has no {what}column {column!r} (columns: {', '.join(sorted(columns))})")
     return FormatSpec(
         format=fmt,
         rename=tuple(rename.items()),
@@ -143,6 +153,7 @@ def resolve_format(raw: Dataset, data_args: DataArguments, name: str = "the data
         response_columns=tuple(data_args.response_columns or ()),
         label_columns=tuple(data_args.label_columns or ()),
         label_values=tuple(label_values.items()),
+        rating_columns=rating_columns,
         has_margin=bool({"margin", "score_chosen", "score_rejected"} & columns)
         or (fmt == "ranking" and "scores" in columns),
     )
@@ -156,6 +167,13 @@ def _string(row: dict, name: str) -> str:
     if not isinstance(value, str):
         raise RowError(name, f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _rating(row: dict, name: str) -> float:
+    """A rating: a finite number, or NaN where it is missing (null), which the losses mask."""
+    if row.get(name) is None:
+        return math.nan
+    return _number(row, name)
 
 
 def _number(row: dict, name: str) -> float:
@@ -230,7 +248,15 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
         row = {dict(spec.rename).get(k, k): v for k, v in row.items()}
     margin = math.nan  # stays NaN only for rankings with scores: each pair's margin is then its score difference
     split_key = None  # the text the eval split hashes; None: the prompt
-    if spec.format == "column_mapping":
+    ratings = []
+    if spec.format == "ratings":
+        prompt, responses = _string(row, "prompt"), [_string(row, "response")]
+        ratings = [[_rating(row, column) for column in spec.rating_columns]]
+        known = [r for r in ratings[0] if not math.isnan(r)]
+        if not known:
+            raise RowError(spec.rating_columns[0], "no rating: every attribute is missing")
+        scores, margin = [sum(known) / len(known)], 0.0  # the mean rating orders a prompt's responses
+    elif spec.format == "column_mapping":
         margin = 0.0
         prompt = "\n\n".join(_string(row, c) for c in spec.prompt_columns if row.get(c))
         prompt = prompt + "\n\n" if prompt else prompt
@@ -301,21 +327,22 @@ def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: st
     if len(set(responses)) < len(responses):
         raise RowError("rejected" if len(responses) == 2 else "responses", "identical to another response of the row")
     subset = row.get("source") or row.get("subset")  # the per-subset key of the evaluation metrics
-    out = {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or "")}
+    out = {"prompt": prompt, "responses": responses, "scores": scores, "margin": margin, "subset": str(subset or ""),
+           "ratings": ratings}  # fmt: skip
     return out | ({"_split_key": split_key} if split_key is not None else {})
 
 
 def _normalize_batch(
     batch: dict, indices: list[int], spec: FormatSpec, file: str, tokenizer, chat_template, seed, subset
 ):
-    keys = ("prompt", "responses", "scores", "margin", "subset", "_file", "_row", "_error", "_bucket")
+    keys = ("prompt", "responses", "scores", "margin", "subset", "ratings", "_file", "_row", "_error", "_bucket")
     out = {k: [] for k in keys}
     raw_json = "_json" in batch
     columns = [c for c in batch if c not in ("_row", "_json", "_error")]
     for i, index in enumerate(indices):
         error = batch["_error"][i] if "_error" in batch else ""
         row_number = batch["_row"][i] if "_row" in batch else index + 1
-        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan, "subset": ""}
+        result = {"prompt": "", "responses": [], "scores": [], "margin": math.nan, "subset": "", "ratings": []}
         if not error:
             try:
                 if raw_json:
@@ -354,7 +381,8 @@ def normalize(
     """Rows -> `prompt`, `responses`, `scores`, `margin`, `subset` (the row's, else `subset`) and bookkeeping."""
     features = Features({
         "prompt": Value("string"), "responses": Sequence(Value("string")), "scores": Sequence(Value("float64")),
-        "margin": Value("float64"), "subset": Value("string"), "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
+        "margin": Value("float64"), "subset": Value("string"), "ratings": Sequence(Sequence(Value("float64"))),
+        "_file": Value("string"), "_row": Value("int64"), "_error": Value("string"),
         "_bucket": Value("float64"),
     })  # fmt: skip
     template = chat_template if spec.format == "conversational" or spec.chat_implicit else ""
@@ -394,6 +422,23 @@ def drop_bad_rows(rows: Dataset, on_bad_row: str, report: dict) -> Dataset:
     report["skipped"] += n_bad
     report["skipped_rows"] += [{"file": r["_file"], "row": r["_row"], "reason": r["_error"]} for r in bad_rows]
     return rows.select(indices_where(bad, False))
+
+
+def group_ratings(rows: Dataset) -> Dataset:
+    """`ratings` rows (one response each) -> one row per prompt with all its responses, in order of first
+    appearance; `_rows` counts the input rows each holds (the data report counts input rows)."""
+    table = rows.select_columns(["prompt", "responses", "scores", "ratings", "subset", "_file", "_row", "_bucket"])
+    merged: dict[str, dict] = {}
+    for row in table:
+        into = merged.get(row["prompt"])
+        if into is None:
+            merged[row["prompt"]] = row | {"margin": 0.0, "_error": "", "_rows": 1}
+        else:
+            for key in ("responses", "scores", "ratings"):
+                into[key] = into[key] + row[key]
+            into["_rows"] += 1
+    features = Features({**rows.features, "_rows": Value("int64")})
+    return Dataset.from_list(list(merged.values()), features=features) if merged else rows.add_column("_rows", [])
 
 
 def indices_where(mask, value: bool) -> list[int]:

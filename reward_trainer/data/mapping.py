@@ -5,7 +5,7 @@ import json
 
 from datasets import Dataset
 
-VERSION = "data-v5-smollm2-1"  # part of every fingerprint: bump when the processing changes
+VERSION = "data-v6"  # part of every fingerprint: bump when the processing changes
 
 
 def fingerprint(*parts) -> str:
