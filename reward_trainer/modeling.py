@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import BUILTIN_MODEL, ModelArguments
@@ -202,13 +203,7 @@ def add_lora(model: PreTrainedModel, model_args: ModelArguments):
     """Wraps `model` with LoRA adapters; the score head is trained and saved whole (`modules_to_save`)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    head = next(
-        (name for name in ("score", "classifier") if isinstance(getattr(model, name, None), torch.nn.Module)), None
-    )
-    if head is None:
-        raise ModelLoadError(
-            f"cannot find the score head of {type(model).__name__} (looked for `score`, `classifier`)"
-        )
+    head = head_attribute(model)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=model_args.lora_r,
@@ -236,19 +231,22 @@ TIE_PARAMETER = "reward_tie_log_alpha"  # log(alpha), alpha = log(theta) > 0: th
 
 def base_model_of(model):
     """The transformers model inside DDP / DeepSpeed / FSDP and PEFT wrappers."""
-    from accelerate.utils import extract_model_from_parallel
-
     model = extract_model_from_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_attribute(model) -> str:
+    """The name of the score head of a sequence-classification model: `score`, or `classifier` (BERT-like)."""
+    for name in ("score", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ModelLoadError(f"cannot find the score head of {type(model).__name__} (looked for `score`, `classifier`)")
 
 
 def reward_head(model) -> torch.nn.Linear:
     """The score head (`score`, or `classifier` for BERT-like encoders), the trained copy under PEFT."""
     inner = base_model_of(model)
-    head = next(
-        (getattr(inner, n) for n in ("score", "classifier") if isinstance(getattr(inner, n, None), torch.nn.Module)),
-        None,
-    )
+    head = getattr(inner, head_attribute(inner))
     if hasattr(head, "modules_to_save"):  # PEFT trains and saves a copy of the head
         head = head.modules_to_save[head.active_adapters[0]]
     if not isinstance(head, torch.nn.Linear):
@@ -270,7 +268,7 @@ def _set_head_outputs(inner, outputs: int) -> None:
         if head.bias is not None:
             new.bias.zero_()
             new.bias[: head.out_features] = head.bias[:outputs]
-    setattr(inner, "score" if hasattr(inner, "score") else "classifier", new)
+    setattr(inner, head_attribute(inner), new)
     inner.num_labels = outputs
 
 
@@ -287,7 +285,7 @@ def prepare_objective(model, args, attributes: list[str] | None = None) -> None:
     inner = base_model_of(model)
     if attributes is None and getattr(inner.config, "attribute_weights", None) is not None:  # prepared already
         attributes = [inner.config.id2label[i] for i in range(inner.config.num_labels)]
-    wrapped = hasattr(getattr(inner, "score", None) or getattr(inner, "classifier", None), "modules_to_save")
+    wrapped = hasattr(getattr(inner, head_attribute(inner)), "modules_to_save")
     outputs = 2 if args.length_debias else len(attributes or ()) or 1
     if args.length_debias and attributes:
         raise ModelLoadError("--length_debias works on preference pairs; it cannot be combined with ratings")

@@ -22,7 +22,8 @@ responses; `supports_prefix_sharing` says no for those, and the plain path is us
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import extract_model_from_parallel
+
+from .modeling import base_model_of
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -169,7 +170,7 @@ def prefix_shared_batch(
 
 def supports_prefix_sharing(model) -> bool:
     """True for causal backbones with a `score` head whose attention accepts a custom 4D mask."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    model = base_model_of(model)  # PEFT
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if backbone is None or not hasattr(model, "score"):
         return False
@@ -184,8 +185,7 @@ def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     Runs the model's own forward (so DDP, FSDP, DeepSpeed and autocast wrappers all apply) and reads the
     per-token output of its `score` head, captured by a hook, at each response's last token.
     """
-    inner = extract_model_from_parallel(model)  # DDP / DeepSpeed / FSDP wrappers
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    inner = base_model_of(model)  # inside DDP / DeepSpeed / FSDP and PEFT wrappers
     mask = inputs["attention_mask"]
     if inner.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
         dtype = next(inner.parameters()).dtype
