@@ -40,6 +40,25 @@ def renders_implicit_prompt_with_template(rendering: str, tokenizer) -> bool:
     return rendering == "chat_template"
 
 
+def split_rendered_prompt(
+    tokenizer, template: str, prompt: list[dict], full: list[str]
+) -> tuple[str, list[str]] | None:
+    """(rendered prompt, the text each rendered conversation in `full` adds after it), or None when the template
+    renders the prompt messages as a prefix of none of its forms (with the assistant's generation prompt, then
+    without). An empty prompt renders as ""."""
+    for generation_prompt in (True, False):
+        text = (
+            tokenizer.apply_chat_template(
+                prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+            )
+            if prompt
+            else ""
+        )
+        if all(f.startswith(text) for f in full):
+            return text, [f[len(text) :] for f in full]
+    return None
+
+
 def parse_implicit_conversation(text: str) -> list[dict]:
     """HH-RLHF text -> messages: each "\\n\\nHuman:" turn is a `user` message, each "\\n\\nAssistant:" turn an
     `assistant` one, content stripped of surrounding whitespace. Text before the first marker, if any, is a

@@ -18,18 +18,19 @@ def write_eval_report(
     """Writes the JSON (NaN becomes null), the Markdown summary and the two plots."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, REPORT_JSON), "w", encoding="utf-8") as f:
-        json.dump(_nan_to_none(report), f, indent=2)
+        json.dump(nan_to_none(report), f, indent=2)
     with open(os.path.join(output_dir, REPORT_MD), "w", encoding="utf-8") as f:
         f.write(report_markdown(report))
     plot_reliability_diagram(chosen, rejected, human_tie, os.path.join(output_dir, RELIABILITY_PNG))
     plot_reward_histograms(chosen, rejected, os.path.join(output_dir, HISTOGRAM_PNG))
 
 
-def _nan_to_none(value):
+def nan_to_none(value):
+    """`value` with every NaN float, at any depth of dicts and lists, as None (JSON null)."""
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
+        return [nan_to_none(v) for v in value]
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -52,12 +52,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .chat import chat_template_of
+from .chat import chat_template_of, split_rendered_prompt
 from .config import DataArguments, EvaluateArguments, ModelArguments
 from .data.sources import read_source
 from .errors import DataError, ModelLoadError
 from .hub import is_hub_id
 from .modeling import load_reward_model, require_safetensors
+from .report import nan_to_none
 from .scorer import RewardScorer
 
 logger = logging.getLogger("reward_trainer")
@@ -392,9 +393,9 @@ def _check_v2_row(row: dict, where: str):
 
 def render_conversations(tokenizer, prompt, responses: Sequence[str]) -> tuple[str, list[str]]:
     """(prompt text, text of each response after it): prompt text + response text is the whole conversation
-    rendered with the chat template. The prompt text is the conversation up to the assistant's turn
-    (`add_generation_prompt=True`) where every rendering starts with it, else empty (the whole text is the
-    response), so the split never changes what is scored."""
+    rendered with the chat template. The prompt text is the rendered prompt (`chat.split_rendered_prompt`) where
+    every rendering starts with it, else empty (the whole text is the response), so the split never changes what
+    is scored."""
     template = chat_template_of(tokenizer)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     texts = [
@@ -403,10 +404,7 @@ def render_conversations(tokenizer, prompt, responses: Sequence[str]) -> tuple[s
         )
         for r in responses
     ]
-    head = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-    if not all(text.startswith(head) for text in texts):
-        head = ""
-    return head, [text[len(head) :] for text in texts]
+    return split_rendered_prompt(tokenizer, template, messages, texts) or ("", texts)
 
 
 def score_rows(scorer: RewardScorer, rows: BenchmarkRows, progress: bool = False) -> list[list[float]]:
@@ -539,14 +537,7 @@ def write_benchmark_report(report: dict, output_dir: str) -> None:
     """`benchmark_report.json` (fractions, unrounded; NaN as null) and `benchmark_report.md` in `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
 
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return None if isinstance(value, float) and math.isnan(value) else value
-
     with open(os.path.join(output_dir, BENCHMARK_JSON), "w", encoding="utf-8") as f:
-        json.dump(clean(report), f, indent=2)
+        json.dump(nan_to_none(report), f, indent=2)
     with open(os.path.join(output_dir, BENCHMARK_MD), "w", encoding="utf-8") as f:
         f.write(benchmark_markdown(report))

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 
-from ..chat import ASSISTANT_MARKER, parse_implicit_conversation
+from ..chat import ASSISTANT_MARKER, parse_implicit_conversation, split_rendered_prompt
 from ..config import DataArguments
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
@@ -229,17 +229,10 @@ def _render_conversation(
         full = [tokenizer.apply_chat_template(prompt + r, tokenize=False, chat_template=template) for r in responses]
     except Exception as err:  # jinja's TemplateError, or whatever the template raises (e.g. roles must alternate)
         raise RowError("chosen", f"the chat template cannot render the conversation: {err}") from None
-    for generation_prompt in (True, False):
-        text = (
-            tokenizer.apply_chat_template(
-                prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
-            )
-            if prompt
-            else ""
-        )
-        if all(f.startswith(text) for f in full):
-            return text, [f[len(text) :] for f in full]
-    raise RowError("prompt", "the chat template does not render the prompt as a prefix of the conversation")
+    split = split_rendered_prompt(tokenizer, template, prompt, full)
+    if split is None:
+        raise RowError("prompt", "the chat template does not render the prompt as a prefix of the conversation")
+    return split
 
 
 def normalize_row(row: dict, spec: FormatSpec, tokenizer=None, chat_template: str | None = None) -> dict:
