@@ -41,12 +41,12 @@ def renders_implicit_prompt_with_template(rendering: str, tokenizer) -> bool:
 
 
 def split_rendered_prompt(
-    tokenizer, template: str, prompt: list[dict], full: list[str]
+    tokenizer, template: str, prompt: list[dict], full: list[str], generation_prompts: tuple[bool, ...] = (True, False)
 ) -> tuple[str, list[str]] | None:
-    """(rendered prompt, the text each rendered conversation in `full` adds after it), or None when the template
-    renders the prompt messages as a prefix of none of its forms (with the assistant's generation prompt, then
-    without). An empty prompt renders as ""."""
-    for generation_prompt in (True, False):
+    """(rendered prompt, the text each rendered conversation in `full` adds after it), or None when no rendering
+    of the prompt messages is a prefix of all of them: tried with the assistant's generation prompt, then
+    without (`generation_prompts`). An empty prompt renders as ""."""
+    for generation_prompt in generation_prompts:
         text = (
             tokenizer.apply_chat_template(
                 prompt, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt

@@ -393,9 +393,9 @@ def _check_v2_row(row: dict, where: str):
 
 def render_conversations(tokenizer, prompt, responses: Sequence[str]) -> tuple[str, list[str]]:
     """(prompt text, text of each response after it): prompt text + response text is the whole conversation
-    rendered with the chat template. The prompt text is the rendered prompt (`chat.split_rendered_prompt`) where
-    every rendering starts with it, else empty (the whole text is the response), so the split never changes what
-    is scored."""
+    rendered with the chat template. The prompt text is the conversation up to the assistant's turn
+    (`add_generation_prompt=True`) where every rendering starts with it, else empty (the whole text is the
+    response), so the split never changes what is scored."""
     template = chat_template_of(tokenizer)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     texts = [
@@ -404,7 +404,7 @@ def render_conversations(tokenizer, prompt, responses: Sequence[str]) -> tuple[s
         )
         for r in responses
     ]
-    return split_rendered_prompt(tokenizer, template, messages, texts) or ("", texts)
+    return split_rendered_prompt(tokenizer, template, messages, texts, generation_prompts=(True,)) or ("", texts)
 
 
 def score_rows(scorer: RewardScorer, rows: BenchmarkRows, progress: bool = False) -> list[list[float]]:
