@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .chat import parse_implicit_conversation
 from .config import BestOfNArguments
 from .errors import DataError, UsageError
 from .metrics import best_of_n_kl, best_of_n_rewards, spearman
@@ -66,17 +67,18 @@ def hh_messages(prompt: str) -> list[dict] | None:
     parts = HH_TURN.split(prompt)
     if len(parts) < 3 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
         return None
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1:-2:2], parts[2:-2:2])]
+    return parse_implicit_conversation(prompt)[:-1]  # less the open assistant turn
 
 
 def load_policy(args: BestOfNArguments):
     """The policy (`AutoModelForCausalLM`, eval mode) and its tokenizer, set to pad on the left for generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import resolve_model_path
+    from .modeling import require_safetensors, resolve_model_path
 
     name, gguf_file = resolve_model_path(args.policy_name_or_path, args.policy_gguf_file)
+    if os.path.isdir(name) and not gguf_file:
+        require_safetensors(name)  # weights from safetensors (or GGUF) only, never unpickled
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs).eval()

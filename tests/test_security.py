@@ -4,6 +4,7 @@ unless asked for."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT
@@ -39,3 +40,19 @@ def test_remote_code_is_off_unless_asked_for():
     assert cli.parse_args(["--trust_remote_code", "true"])[0].trust_remote_code is True
     recipe = yaml.safe_load((REPO_ROOT / "recipes" / "quickstart.yaml").read_text())
     assert not recipe.get("trust_remote_code", False)
+
+
+def test_pickle_only_policy_is_refused_without_unpickling(tmp_path):
+    """`best-of-n` loads its policy from safetensors (or GGUF) only, like every other model."""
+    from reward_trainer.best_of_n import load_policy
+    from reward_trainer.config import BestOfNArguments
+    from reward_trainer.errors import ModelLoadError
+
+    model_dir, marker = tmp_path / "pickled-policy", tmp_path / "pwned"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2}))
+    torch.save({"payload": _RunsCodeWhenUnpickled(marker)}, model_dir / "pytorch_model.bin")
+    args = BestOfNArguments(proxy_model="p", gold_model="g", dataset_name="d", policy_name_or_path=str(model_dir))
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin.*safetensors only"):
+        load_policy(args)
+    assert not marker.exists()
