@@ -4,7 +4,8 @@
         --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --num_prompts 32 --max_n 16
 
 The policy samples `max_n` completions of each held-out prompt (batched `generate`, seeded), both reward models
-score every sample once (`RewardScorer.score`, each prompt encoded once for causal reward models), and for
+score every sample once (`RewardScorer.score`, each prompt encoded once for causal reward models; HH text
+rendered with a reward model's chat template when it was trained on that rendering), and for
 n = 1, 2, 4, ..., max_n the expected proxy and gold reward of the proxy's pick among n samples is computed over
 all n-subsets of the samples (`metrics.best_of_n_rewards`). Written to `output_dir`: `best_of_n.json` (the
 curve, per n: KL, mean and standard error of both rewards, raw and in standard deviations of each model's
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .chat import parse_implicit_conversation
+from .chat import parse_implicit_conversation, renders_implicit_prompt_with_template
 from .config import BestOfNArguments
 from .errors import DataError, UsageError
 from .metrics import best_of_n_kl, best_of_n_rewards, spearman
@@ -176,6 +177,17 @@ def plot_curve(curve: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def score_samples(scorer, prompts: list[str], responses: list[str], args: BestOfNArguments) -> list[float]:
+    """Each HH prompt + response as the reward model saw HH text in training: rendered with its chat template
+    when its `config.json` says so (`implicit_prompt_rendering`, as `evaluate` reads it), else as text."""
+    rendering = getattr(scorer.model.config, "implicit_prompt_rendering", "auto")
+    messages = [hh_messages(p) for p in prompts]
+    if not renders_implicit_prompt_with_template(rendering, scorer.tokenizer) or None in messages:
+        return scorer.score(prompts, responses, progress=not args.disable_tqdm)
+    conversations = [m + [{"role": "assistant", "content": r.strip()}] for m, r in zip(messages, responses)]
+    return scorer.score_conversations(conversations, groups=prompts)
+
+
 def run_best_of_n(args: BestOfNArguments) -> dict:
     """Generates, scores and writes the curve; returns the JSON written to `best_of_n.json`."""
     from .scorer import RewardScorer
@@ -202,8 +214,7 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
         scorer = RewardScorer.from_pretrained(path)
         if not args.disable_tqdm:
             logger.info("scoring %d samples with the %s model %s", len(responses), name, path)
-        scores = scorer.score(flat_prompts, responses, progress=not args.disable_tqdm)
-        rewards[name] = np.array(scores).reshape(len(prompts), args.max_n)  # (P, max_n)
+        rewards[name] = np.array(score_samples(scorer, flat_prompts, responses, args)).reshape(len(prompts), -1)
     curve = best_of_n_curve(rewards["proxy"], rewards["gold"], args.max_n)
     result = {
         "curve": curve,

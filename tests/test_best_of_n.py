@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -101,6 +102,40 @@ def test_best_of_n_command_on_tiny_models(tiny_setup, tmp_path):
     assert curve["gold"][0] == pytest.approx(np.mean([s["gold"] for s in samples]))
     assert curve["proxy"] == sorted(curve["proxy"])  # the proxy's pick only gets better with n
     assert curve["gold_ceiling"][-1] >= curve["gold"][-1]
+
+
+def test_best_of_n_scores_hh_prompts_as_each_reward_model_was_trained(tiny_setup, tmp_path):
+    """A reward model trained on chat-rendered HH text scores the samples rendered the same way; one trained on
+    raw HH text scores prompt + response."""
+    from transformers import AutoConfig
+
+    root, gold = tiny_setup
+    proxy = tmp_path / "proxy"
+    shutil.copytree(root / "proxy", proxy)
+    config = AutoConfig.from_pretrained(proxy)
+    config.implicit_prompt_rendering = "chat_template"  # as `train` records it
+    config.save_pretrained(proxy)
+    prompts = tmp_path / "hh.jsonl"
+    hh = ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and now?\n\nAssistant:", "\n\nHuman: a b c\n\nAssistant:"]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in hh))
+    argv = ["best-of-n", "--policy_name_or_path", str(root / "policy"), "--proxy_model", str(proxy)]
+    argv += ["--gold_model", str(gold), "--dataset_name", str(prompts), "--output_dir", str(tmp_path / "out")]
+    argv += ["--heldout_fraction", "1.0", "--max_n", "2", "--max_new_tokens", "4", "--disable_tqdm", "true"]
+    argv += ["--chat_template", "false"]
+    assert main(argv) == 0
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4
+    chat = RewardScorer.from_pretrained(str(proxy), max_batch_tokens=1)
+    conversations = [
+        hh_messages(s["prompt"]) + [{"role": "assistant", "content": s["response"].strip()}] for s in samples
+    ]
+    assert [s["proxy"] for s in samples] == pytest.approx(chat.score_conversations(conversations), abs=1e-4)
+    raw = [chat.score_texts([s["prompt"] + s["response"]])[0] for s in samples]
+    assert [s["proxy"] for s in samples] != pytest.approx(raw, abs=1e-4)
+    text = RewardScorer.from_pretrained(str(gold), max_batch_tokens=1)
+    assert [s["gold"] for s in samples] == pytest.approx(
+        [text.score_texts([s["prompt"] + s["response"]])[0] for s in samples], abs=1e-4
+    )
 
 
 @pytest.mark.slow
