@@ -425,8 +425,12 @@ class EvaluateArguments:
             "2,048 (the official runner's) with `benchmark`."
         },
     )
-    max_batch_tokens: int = field(
-        default=16384, metadata={"help": "Tokens per forward pass, padding included (rows x longest row)."}
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per forward pass, padding included (rows x longest row); default 2,048 on CPU (smaller "
+            "batches of trees of similar length waste less attention and stay in cache), 32,768 on a GPU."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
@@ -537,8 +541,9 @@ class BestOfNArguments:
     chat_template: bool = field(
         default=True,
         metadata={
-            "help": "Render HH-RLHF prompts as chat messages with the policy's chat template (when it has one); "
-            'the reward models still score the HH text: prompt + " " + completion.'
+            "help": "Render HH-RLHF prompts as chat messages with the policy's chat template (when it has one). "
+            "Each reward model scores the samples as it saw HH text in training: with its own chat template when "
+            'its config.json records that rendering, else as prompt + " " + completion.'
         },
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})

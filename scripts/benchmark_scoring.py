@@ -3,6 +3,7 @@
     python scripts/benchmark_scoring.py --output score.json
     python scripts/benchmark_scoring.py --model outputs/quickstart --num_texts 200
     python scripts/benchmark_scoring.py --completions_per_prompt 1 4 8 16 --num_prompts 16 --threads 2
+    python scripts/benchmark_scoring.py --completions_per_prompt 8 --rendering chat_template
 
 With `--completions_per_prompt N ...` it measures grouped scoring instead (GRPO groups, best-of-n): N HH-RLHF
 responses (drawn, seeded, from all final responses of the file: real lengths) after each of `--num_prompts`
@@ -103,6 +104,23 @@ def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[st
     return list(prompts), responses
 
 
+def chat_rendered(tokenizer, prompts: list[str], responses: list[str]) -> tuple[list[str], list[str]]:
+    """HH prompts and responses as the tokenizer's chat template renders them: the prompt's turns with the
+    assistant's generation prompt, and what the response's assistant turn adds after it."""
+    from reward_trainer.chat import chat_template_of, parse_implicit_conversation, split_rendered_prompt
+
+    template, rendered_prompts, rendered_responses = chat_template_of(tokenizer), [], []
+    for prompt, response in zip(prompts, responses, strict=True):
+        messages = [m for m in parse_implicit_conversation(prompt) if m["content"]]  # the open assistant turn
+        full = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": response.strip()}], chat_template=template, tokenize=False
+        )
+        rendered_prompt, (suffix,) = split_rendered_prompt(tokenizer, template, messages, [full])
+        rendered_prompts.append(rendered_prompt)
+        rendered_responses.append(suffix)
+    return rendered_prompts, rendered_responses
+
+
 class TokenCounter:
     """Counts the token ids that reach a model's input embeddings (padding included)."""
 
@@ -140,6 +158,8 @@ def grouped_main(args) -> None:
     for n in args.completions_per_prompt:
         prompts = [p for p in prompts_all for _ in range(n)]
         responses = [rng.choice(pool) for _ in prompts]
+        if args.rendering == "chat_template":
+            prompts, responses = chat_rendered(tokenizer, prompts, responses)
         texts = [p + r for p, r in zip(prompts, responses)]
         lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
         if max(lengths) > args.max_length:
@@ -193,6 +213,7 @@ def grouped_main(args) -> None:
         "runs": results,
         "model": args.model or "builtin:SmolLM2-135M-Instruct + seeded scalar head",
         "max_batch_tokens": scorer.max_batch_tokens,
+        "rendering": args.rendering,
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "machine": platform.processor() or platform.machine(),
@@ -226,6 +247,13 @@ def main():
         help="Grouped scoring: N completions per prompt, for each N given (see the module docstring).",
     )
     parser.add_argument("--num_prompts", type=int, default=16, help="Grouped scoring: distinct prompts.")
+    parser.add_argument(
+        "--rendering",
+        default="raw",
+        choices=["raw", "chat_template"],
+        help="Grouped scoring: HH text as it is, or each prompt and completion rendered as chat turns with the "
+        "model's template (what a policy's chat samples and a model trained on the template see).",
+    )
     parser.add_argument(
         "--max_prompt_chars", type=int, default=1500, help="Grouped scoring: leave out longer HH prompts."
     )
