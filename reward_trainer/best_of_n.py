@@ -181,10 +181,12 @@ def score_samples(scorer, prompts: list[str], responses: list[str], args: BestOf
     """Each HH prompt + response as the reward model saw HH text in training: rendered with its chat template
     when its `config.json` says so (`implicit_prompt_rendering`, as `evaluate` reads it), else as text."""
     rendering = getattr(scorer.model.config, "implicit_prompt_rendering", "auto")
-    messages = [hh_messages(p) for p in prompts]
-    if not renders_implicit_prompt_with_template(rendering, scorer.tokenizer) or None in messages:
+    chat = renders_implicit_prompt_with_template(rendering, scorer.tokenizer)
+    if not chat or any(hh_messages(p) is None for p in prompts):
         return scorer.score(prompts, responses, progress=not args.disable_tqdm)
-    conversations = [m + [{"role": "assistant", "content": r.strip()}] for m, r in zip(messages, responses)]
+    # The whole text parsed into turns, as training parses HH conversations (a sample that writes further turns
+    # becomes those turns there too).
+    conversations = [parse_implicit_conversation(p + r) for p, r in zip(prompts, responses, strict=True)]
     return scorer.score_conversations(conversations, groups=prompts)
 
 

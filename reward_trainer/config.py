@@ -428,8 +428,8 @@ class EvaluateArguments:
     max_batch_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "Tokens per forward pass, padding included (rows x longest row); default 2,048 on CPU (smaller "
-            "batches of trees of similar length waste less attention and stay in cache), 32,768 on a GPU."
+            "help": "Tokens per forward pass, padding included (rows x longest row); default: the scorer's, 2,048 on "
+            "CPU and 32,768 on a GPU."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})

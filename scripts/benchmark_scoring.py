@@ -107,11 +107,12 @@ def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[st
 def chat_rendered(tokenizer, prompts: list[str], responses: list[str]) -> tuple[list[str], list[str]]:
     """HH prompts and responses as the tokenizer's chat template renders them: the prompt's turns with the
     assistant's generation prompt, and what the response's assistant turn adds after it."""
-    from reward_trainer.chat import chat_template_of, parse_implicit_conversation, split_rendered_prompt
+    from reward_trainer.best_of_n import hh_messages
+    from reward_trainer.chat import chat_template_of, split_rendered_prompt
 
     template, rendered_prompts, rendered_responses = chat_template_of(tokenizer), [], []
     for prompt, response in zip(prompts, responses, strict=True):
-        messages = [m for m in parse_implicit_conversation(prompt) if m["content"]]  # the open assistant turn
+        messages = hh_messages(prompt)
         full = tokenizer.apply_chat_template(
             [*messages, {"role": "assistant", "content": response.strip()}], chat_template=template, tokenize=False
         )
