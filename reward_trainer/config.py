@@ -3,11 +3,14 @@
 Configuration flows one way: YAML recipe -> `HfArgumentParser` over these dataclasses -> trainer.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+logger = logging.getLogger("reward_trainer")
 
 BUILTIN_MODEL = "builtin:tiny-gpt2"
 BUILTIN_DATASET = "builtin:code-book"
@@ -309,13 +312,14 @@ class RewardConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "ODIN: train a second head on length and decorrelate the reward head from length; the saved "
-            "model's single head is the debiased reward. With `bradley_terry` or `bt_ties`."
+            "model's single head is the debiased reward. With `bradley_terry` or `bt_ties`; batches are drawn at "
+            "random instead of by length (the correlations are taken per micro-batch)."
         },
     )
     length_correlation_weight: float = field(
         default=0.1,
         metadata={
-            "help": "With --length_debias: weight of |corr(r, length)| - corr(r_length, length). Larger values (0.3 "
+            "help": "With --length_debias: weight of |corr(r, length)| - |corr(r_length, length)|. Larger values (0.3 "
             "and up on the tests' tiny model) can leave the reward head with nothing learned."
         },
     )
@@ -362,6 +366,11 @@ class RewardConfig(TrainingArguments):
             raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
         if self.length_debias and self.loss not in ("bradley_terry", "bt_ties"):
             raise ValueError(f"--length_debias works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}")
+        if self.length_debias and self.train_sampling_strategy == "group_by_length":
+            # The length term's correlations are taken over each micro-batch: in batches of pairs sorted by
+            # length they would see little of it, and a reward could follow length from batch to batch freely.
+            logger.warning("--length_debias: training batches are drawn at random (train_sampling_strategy random)")
+            self.train_sampling_strategy = "random"
 
 
 def accelerator_available() -> bool:

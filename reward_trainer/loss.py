@@ -85,12 +85,15 @@ def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor
 
 
 def length_decorrelation_loss(quality: torch.Tensor, length_reward: torch.Tensor, lengths: torch.Tensor):
-    """ODIN's length term: `|corr(r_Q, L)| - corr(r_L, L)` over the responses of a batch, a scalar.
+    """ODIN's length term, either sign: `|corr(r_Q, L)| - |corr(r_L, L)|` over the responses of a batch, a scalar.
 
     Zero correlation of the quality reward with length costs nothing; the length reward is pushed to carry
-    all of it (-1 at perfect correlation)."""
+    all of it (-1 at perfect correlation), in the direction the preferences reward length. ODIN writes
+    `- corr(r_L, L)`, for data where the longer answer wins; where the shorter one does (HH-RLHF harmless:
+    short refusals are chosen), that sign would have the length head fight the preference loss on the sum
+    r_Q + r_L instead of absorbing the length part of it."""
     lengths = lengths.to(quality.dtype)
-    return pearson(quality, lengths).abs() - pearson(length_reward, lengths)
+    return pearson(quality, lengths).abs() - pearson(length_reward, lengths).abs()
 
 
 def orthogonality_loss(quality_weight: torch.Tensor, length_weight: torch.Tensor) -> torch.Tensor:

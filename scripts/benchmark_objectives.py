@@ -1,4 +1,4 @@
-"""The objectives against plain Bradley-Terry, on the same data, steps and seed (MiniLM backbone).
+"""The objectives against plain Bradley-Terry, on the same data, steps and seed (MiniLM backbone by default).
 
     python scripts/benchmark_objectives.py ties --shared_data ../shared/data --max_steps 150
     python scripts/benchmark_objectives.py rankings --shared_data ../shared/data --max_steps 150
@@ -6,6 +6,8 @@
     python scripts/benchmark_objectives.py length --shared_data ../shared/data --max_steps 150
     python scripts/benchmark_objectives.py confounded --shared_data ../shared/data --max_steps 150
     python scripts/benchmark_objectives.py synthetic --max_steps 40
+    python scripts/benchmark_objectives.py confounded --model builtin:SmolLM2-135M-Instruct --max_length 512 \
+        --learning_rate 3e-5 --bf16 --max_steps 115  # the SmolLM2 recipe's settings
 
 - ties: PandaLM (three annotators, "0" = tie), 20% of prompts held out. `bradley_terry` (ties left out of the loss)
   against `bt_ties` (Rao-Kupper, theta learned): accuracy on the held-out non-tie pairs, and the held-out tie
@@ -37,6 +39,14 @@ import time
 
 HH = "hh-rlhf/harmless-base/test.jsonl.gz"
 PANDALM = "pandalm/testset-v1.json"
+# The backbone and its settings, for every run but the synthetic one (set from the command line).
+BACKBONE = {
+    "model": "builtin:all-MiniLM-L6-v2",
+    "max_length": 128,
+    "learning_rate": 5e-5,
+    "bf16": False,
+    "no_baseline": False,
+}
 
 
 def hh_rows(shared: str) -> list[dict]:
@@ -54,18 +64,20 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
 
 
 def run(name: str, work: str, data: dict, config: dict, steps: int, batch: int):
-    """Trains MiniLM with `reward_trainer.train.train`; returns (metrics, output_dir)."""
+    """Trains `BACKBONE` with `reward_trainer.train.train`; returns (metrics, output_dir)."""
     from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
     from reward_trainer.train import train
 
     out = os.path.join(work, name)
     args = RewardConfig(
         output_dir=out, max_steps=steps, per_device_train_batch_size=batch, per_device_eval_batch_size=64,
-        learning_rate=5e-5, lr_scheduler_type="linear", warmup_steps=10, weight_decay=0.0, logging_steps=50,
+        learning_rate=BACKBONE["learning_rate"], bf16=BACKBONE["bf16"], lr_scheduler_type="linear", warmup_steps=10,
+        weight_decay=0.0, logging_steps=50,
         eval_strategy="no", save_strategy="no", seed=42, disable_tqdm=True, use_cpu=True, **config,
     )  # fmt: skip
     start = time.perf_counter()
-    metrics = train(ModelArguments(model_name_or_path="builtin:all-MiniLM-L6-v2"), DataArguments(**data), args)
+    data = {**data, "max_length": BACKBONE["max_length"]}
+    metrics = train(ModelArguments(model_name_or_path=BACKBONE["model"]), DataArguments(**data), args)
     metrics["train_seconds"] = round(time.perf_counter() - start, 1)
     return metrics, out
 
@@ -87,7 +99,7 @@ def ties(shared: str, work: str, steps: int) -> None:
     data = dict(
         dataset_name=os.path.join(shared, PANDALM), on_bad_row="skip", prompt_columns=["instruction", "input"],
         response_columns=["response1", "response2"], label_columns=["annotator1", "annotator2", "annotator3"],
-        label_values='{"0": "tie", "1": 0, "2": 1}', eval_fraction=0.2, max_length=128,
+        label_values='{"0": "tie", "1": 0, "2": 1}', eval_fraction=0.2,
     )  # fmt: skip
     keys = ["eval_accuracy_non_tie", "eval_tie_log_likelihood", "eval_win_log_likelihood", "eval_tie_theta",
             "eval_num_pairs", "eval_human_tie_rate", "train_seconds"]  # fmt: skip
@@ -123,9 +135,7 @@ def rankings(shared: str, work: str, steps: int, data_only: bool = False) -> Non
             continue
         ranked.append({"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"], other],
                        "scores": [2.0, 1.0, 0.0]})  # fmt: skip
-    data = dict(
-        dataset_name=write_jsonl(os.path.join(work, "ranked.jsonl"), ranked), eval_fraction=0.1, max_length=128
-    )
+    data = dict(dataset_name=write_jsonl(os.path.join(work, "ranked.jsonl"), ranked), eval_fraction=0.1)
     keys = ["eval_accuracy", "eval_accuracy_chosen_vs_rejected", "eval_kendall_tau", "eval_spearman_rho",
             "eval_ranked_prompts", "train_seconds"]  # fmt: skip
     for name, config, batch in (("plackett_luce", {"loss": "plackett_luce"}, 8), ("pairwise_expansion", {}, 24)):
@@ -157,14 +167,14 @@ LENGTH_KEYS = ["eval_accuracy", "eval_reward_length_spearman", "eval_accuracy_ch
 
 
 def debias_runs(weights: list[float]) -> list[tuple[str, dict]]:
-    """One `--length_debias` run per correlation weight, then plain Bradley-Terry."""
+    """One `--length_debias` run per correlation weight, then plain Bradley-Terry (unless `--no_baseline`)."""
     runs = [(f"length_debias (correlation weight {w})", {"length_debias": True, "length_correlation_weight": w})
             for w in weights]  # fmt: skip
-    return [*runs, ("bradley_terry", {})]
+    return runs if BACKBONE["no_baseline"] else [*runs, ("bradley_terry", {})]
 
 
 def length(shared: str, work: str, steps: int, weights: list[float]) -> None:
-    data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, max_length=128, on_bad_row="skip")
+    data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, on_bad_row="skip")
     for i, (name, config) in enumerate(debias_runs(weights)):
         metrics, _ = run(f"length-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
@@ -186,7 +196,7 @@ def confounded(shared: str, work: str, steps: int, weights: list[float]) -> None
     path = os.path.join(work, "confounded")
     DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(path)
     print(json.dumps({"train_pairs_chosen_longer": len(train), "test_pairs_balanced": len(test)}), flush=True)
-    data = dict(dataset_name=path, max_length=128)
+    data = dict(dataset_name=path)
     for i, (name, config) in enumerate(debias_runs(weights)):
         metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
@@ -232,10 +242,21 @@ def main() -> None:
     parser.add_argument("--length_correlation_weight", type=float, nargs="+", default=[0.1], help="One run each.")
     parser.add_argument("--data_only", action="store_true", help="rankings: write the ranked set and stop.")
     parser.add_argument("--output_dir", default=None, help="Where the runs go (default: a temporary folder).")
+    parser.add_argument("--model", default=BACKBONE["model"], help="The backbone (not for `synthetic`).")
+    parser.add_argument("--max_length", type=int, default=BACKBONE["max_length"])
+    parser.add_argument("--learning_rate", type=float, default=BACKBONE["learning_rate"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights), as the SmolLM2 recipe.")
+    parser.add_argument(
+        "--no_baseline",
+        action="store_true",
+        help="length, confounded: the debiased runs only (a baseline run before).",
+    )
     args = parser.parse_args()
+    BACKBONE.update(model=args.model, max_length=args.max_length, learning_rate=args.learning_rate, bf16=args.bf16)
+    BACKBONE["no_baseline"] = args.no_baseline
     if not os.path.isdir(args.shared_data):
         sys.exit(f"no shared data at {args.shared_data}")
-    print(json.dumps({"task": args.task, "max_steps": args.max_steps, "loadavg_start": os.getloadavg()}), flush=True)
+    print(json.dumps({"task": args.task, "max_steps": args.max_steps, **BACKBONE, "loadavg_start": os.getloadavg()}))
     work = args.output_dir or tempfile.mkdtemp(prefix=f"bench-{args.task}-")
     os.makedirs(work, exist_ok=True)
     if args.task == "ties":

@@ -1,6 +1,6 @@
 """RewardBench scoring speed: `reward-trainer evaluate --benchmark rewardbench` against the official runner's pipeline.
 
-    flock /work/bench.lock env OMP_NUM_THREADS=2 python scripts/benchmark_rewardbench.py --rows 64 --output rb.json
+    OMP_NUM_THREADS=2 python scripts/benchmark_rewardbench.py --rows 400 --output rb.json
 
 The data: a RewardBench-layout file (`prompt`, `chosen`, `rejected`, `subset`, `id`) built from the real preference
 data in ../shared/data: the HH-RLHF harmless-base test pairs (multi-turn prompts as lists of messages) and the
@@ -16,7 +16,9 @@ shared by both sides. The peer is what the official `scripts/run_rm.py` of the `
 padding=True, max_length=2048, function_to_apply="none"`, left truncation; a pair is correct when chosen > rejected.
 Ours is `reward_trainer.rewardbench` as the command runs it: read the file, render, `RewardScorer`, the arithmetic.
 Both sides' rewards are compared (max |diff|) and both sides' section scores printed. Speedups are ratios of CPU
-time of this process (robust to other jobs on a shared machine), with wall-clock ratios beside them.
+time of this process (robust to other jobs on a shared machine), with wall-clock ratios beside them. Each side's
+tokens through the model's input embeddings (padding included) are counted; their ratio, the token bound, is what
+removing padding and encoding each prompt once can gain on a CPU, where a forward costs about the same per token.
 """
 
 import argparse
@@ -151,7 +153,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="outputs/rewardbench-layout.jsonl", help="The RewardBench-layout file.")
     parser.add_argument("--build", action="store_true", help="(Re)write --data from ../shared/data first.")
-    parser.add_argument("--rows", type=int, default=64, help="Time the first N rows of the file.")
+    parser.add_argument("--rows", type=int, default=400, help="Time the first N rows of the file.")
     parser.add_argument("--model", default="builtin:SmolLM2-135M-Instruct")
     parser.add_argument("--max_batch_tokens", type=int, default=EvaluateArguments.max_batch_tokens)
     parser.add_argument(
@@ -191,20 +193,34 @@ def main():
             return rows, scores, rewardbench_summary(pair_results(*zip(*scores)), rows.subsets)
 
         scorer.score_texts(["warm-up", "a warm-up text"], groups=[0, 0])  # first-call costs, shared by both sides
+        tokens = [0]  # token ids through the input embeddings, padding included: the work each side does
+        scorer.model.get_input_embeddings().register_forward_hook(
+            lambda module, inputs, output: tokens.__setitem__(0, tokens[0] + inputs[0].numel())
+        )
         (rows, scores, summary), ours_wall, ours_cpu = timed(ours)
-        print(f"ours: {ours_wall:.1f}s wall, {ours_cpu:.1f}s CPU")
+        ours_tokens, tokens[0] = tokens[0], 0
+        print(f"ours: {ours_wall:.1f}s wall, {ours_cpu:.1f}s CPU, {ours_tokens} tokens")
         other_budgets = {}
         for budget in args.also_max_batch_tokens:
             scorer.max_batch_tokens, default_budget = budget, scorer.max_batch_tokens
+            tokens[0] = 0
             (_, other_scores, _), wall, cpu = timed(ours)
             scorer.max_batch_tokens = default_budget
             same = float(np.abs(np.asarray(other_scores) - np.asarray(scores)).max())
-            other_budgets[budget] = {"wall_seconds": wall, "cpu_seconds": cpu, "max_abs_reward_diff": same}
-            print(f"ours, max_batch_tokens {budget}: {wall:.1f}s wall, {cpu:.1f}s CPU, max |diff| {same:.1e}")
+            other_budgets[budget] = {"wall_seconds": wall, "cpu_seconds": cpu, "tokens": tokens[0]}
+            other_budgets[budget]["max_abs_reward_diff"] = same
+            print(
+                f"ours, max_batch_tokens {budget}: {wall:.1f}s wall, {cpu:.1f}s CPU, {tokens[0]} tokens, max |diff| {same:.1e}"
+            )
+        tokens[0] = 0
         (chosen, rejected, peer), peer_wall, peer_cpu = timed(
             lambda: official_pipeline(scorer, rows, args.pipeline_batch_size, max_length)
         )
-        print(f"official pipeline (batch {args.pipeline_batch_size}): {peer_wall:.1f}s wall, {peer_cpu:.1f}s CPU")
+        peer_tokens = tokens[0]
+        print(
+            f"official pipeline (batch {args.pipeline_batch_size}): {peer_wall:.1f}s wall, {peer_cpu:.1f}s CPU, "
+            f"{peer_tokens} tokens"
+        )
 
     ours_flat = np.asarray(scores, dtype=np.float64)
     diff = float(np.abs(ours_flat - np.stack([chosen, rejected], axis=1)).max())
@@ -215,6 +231,9 @@ def main():
         "speedup_wall": peer_wall / ours_wall,
         "cpu_seconds": {"ours": ours_cpu, "official_pipeline": peer_cpu},
         "wall_seconds": {"ours": ours_wall, "official_pipeline": peer_wall},
+        "tokens": {"ours": ours_tokens, "official_pipeline": peer_tokens},
+        "token_bound": peer_tokens / ours_tokens,
+        "fraction_of_token_bound": peer_cpu / ours_cpu / (peer_tokens / ours_tokens),
         "max_abs_reward_diff": diff,
         "ours_other_max_batch_tokens": other_budgets,
         "score": {"ours": summary["score"], "official_pipeline": peer["score"]},
@@ -230,7 +249,8 @@ def main():
     }
     print(json.dumps(result, indent=2))
     print(
-        f"speedup vs the official pipeline: {result['speedup_cpu']:.2f}x CPU time, {result['speedup_wall']:.2f}x wall"
+        f"speedup vs the official pipeline: {result['speedup_cpu']:.2f}x CPU time, {result['speedup_wall']:.2f}x wall; "
+        f"token bound {result['token_bound']:.2f}x ({result['fraction_of_token_bound']:.2f} of it)"
     )
     if args.output:
         with open(args.output, "w") as f:

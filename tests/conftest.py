@@ -1,6 +1,6 @@
 """Fixtures and helpers shared by several test files.
 
-Plain helpers (`SMALL`, `subprocess_env`, `step_losses`) are imported with `from conftest import ...`: pytest puts
+Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`) are imported with `from conftest import ...`: pytest puts
 this folder on `sys.path`.
 """
 
@@ -34,6 +34,23 @@ SMALL = [
 # processes were busy the in-process training tests ran 4 to 10 times slower on 2 threads than on 1.
 # Subprocesses get the same from `subprocess_env` (OMP_NUM_THREADS=1).
 torch.set_num_threads(1)
+
+
+def tiny_policy(tokenizer):
+    """A 2-layer GPT-2 language model, randomly initialised (seed first): the policy of best-of-n and GRPO tests."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    return GPT2LMHeadModel(config)
 
 
 def subprocess_env(*extra_paths: Path, **extra) -> dict:

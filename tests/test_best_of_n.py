@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import tiny_policy
 
 from reward_trainer import RewardScorer
 from reward_trainer.best_of_n import hh_messages
@@ -52,17 +52,7 @@ def tiny_setup(tmp_path_factory, tiny_tokenizer, trained_checkpoint):
     """A tiny GPT-2 policy, a prompt file, a random tiny proxy and the trained tiny checkpoint as gold."""
     root = tmp_path_factory.mktemp("bon")
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tiny_tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        bos_token_id=tiny_tokenizer.eos_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(root / "policy")
+    tiny_policy(tiny_tokenizer).save_pretrained(root / "policy")
     tiny_tokenizer.save_pretrained(root / "policy")
     build_tiny_gpt2(tiny_tokenizer).save_pretrained(root / "proxy")
     tiny_tokenizer.save_pretrained(root / "proxy")

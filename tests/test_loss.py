@@ -119,7 +119,7 @@ def test_plackett_luce_ties_share_their_place():
     torch.testing.assert_close(loss, torch.tensor([math.log(3) + 2 * math.log(2)]))
 
 
-# ODIN: corr(r_Q, L) = 0 and corr(r_L, L) = 1 cost |0| - 1 = -1; r_Q = L costs 1 - corr(r_L, L).
+# ODIN: corr(r_Q, L) = 0 and corr(r_L, L) = +-1 cost |0| - 1 = -1; r_Q = -L costs 1 - |corr(r_L, L)|.
 def test_length_decorrelation_hand_values():
     from reward_trainer.loss import length_decorrelation_loss, orthogonality_loss, pearson
 
@@ -128,6 +128,8 @@ def test_length_decorrelation_hand_values():
     assert pearson(uncorrelated, lengths).item() == pytest.approx(0.0, abs=1e-7)
     assert length_decorrelation_loss(uncorrelated, 2 * lengths, lengths).item() == pytest.approx(-1.0, abs=1e-6)
     assert length_decorrelation_loss(-lengths, uncorrelated, lengths).item() == pytest.approx(1.0, abs=1e-6)
+    # The length head carries length in either direction: r_L = -2 L (shorter wins) costs as much as 2 L.
+    assert length_decorrelation_loss(uncorrelated, -2 * lengths, lengths).item() == pytest.approx(-1.0, abs=1e-6)
     # w_Q = (1, 2), w_L = (3, -1): |3 - 2| = 1.
     assert orthogonality_loss(torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])).item() == pytest.approx(1.0)
 

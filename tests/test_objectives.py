@@ -355,3 +355,15 @@ def test_attributes_train_save_k_labels_and_score_every_attribute(tmp_path):
     np.testing.assert_allclose(scorer.score_texts(texts), (logits @ torch.tensor([0.75, 0.25])).numpy(), atol=1e-5)
     scorer.set_attribute_weights({"correctness": 1.0})
     np.testing.assert_allclose(scorer.score_texts(texts), logits[:, 1].numpy(), atol=1e-5)
+
+
+def test_length_debias_draws_batches_at_random(tmp_path):
+    """The length term's correlations are per micro-batch: length-sorted batches would hide length from them."""
+    assert (
+        args_for(tmp_path, "d", length_debias=True, train_sampling_strategy="group_by_length").train_sampling_strategy
+        == "random"
+    )
+    assert args_for(tmp_path, "s", length_debias=True).train_sampling_strategy == "sequential"  # as asked
+    assert (
+        args_for(tmp_path, "b", train_sampling_strategy="group_by_length").train_sampling_strategy == "group_by_length"
+    )

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import tiny_policy
 from datasets import Dataset
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer
 
 from reward_trainer import RewardScorer
 from reward_trainer.quickstart import make_pairs
@@ -14,18 +15,7 @@ trl = pytest.importorskip("trl")
 def test_grpo_logs_the_rewards_of_our_scorer(trained_checkpoint, tmp_path):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(trained_checkpoint)  # the policy speaks the reward model's tokens
-    policy = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=128,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-    )
+    policy = tiny_policy(tokenizer)
     prompts = Dataset.from_dict({"prompt": [p["prompt"] for p in make_pairs(8, seed=9)]})
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     assert scorer.group_prompts  # each GRPO group's prompt is encoded once
