@@ -54,9 +54,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2ForSequenceClassification:
-    """A 2-layer GPT-2 with a scalar head, randomly initialised (seeded by the caller)."""
-    config = GPT2Config(
+def tiny_gpt2_config(tokenizer: PreTrainedTokenizerFast, **overrides) -> GPT2Config:
+    """The built-in 2-layer GPT-2's config, dropout off, sized for `tokenizer`; `overrides` change any field."""
+    fields = dict(
         vocab_size=len(tokenizer),
         n_positions=256,
         n_embd=128,
@@ -70,4 +70,9 @@ def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2ForSequenceClassi
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    return GPT2ForSequenceClassification(config)
+    return GPT2Config(**(fields | overrides))
+
+
+def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2ForSequenceClassification:
+    """A 2-layer GPT-2 with a scalar head, randomly initialised (seeded by the caller)."""
+    return GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer))

@@ -38,19 +38,11 @@ torch.set_num_threads(1)
 
 def tiny_policy(tokenizer):
     """A 2-layer GPT-2 language model, randomly initialised (seed first): the policy of best-of-n and GRPO tests."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return GPT2LMHeadModel(config)
+    from reward_trainer.quickstart import tiny_gpt2_config
+
+    return GPT2LMHeadModel(tiny_gpt2_config(tokenizer, n_positions=128, n_embd=32, n_head=2))
 
 
 def subprocess_env(*extra_paths: Path, **extra) -> dict:

@@ -155,13 +155,14 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
 
 def tiny_causal_scorer(name, tokenizer, **kwargs):
     """A 2-layer GPT-2 (learned positions) or Llama (rotary, grouped-query attention) reward model from a config."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+    from transformers import GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    from reward_trainer.quickstart import tiny_gpt2_config
 
     torch.manual_seed(0)
     special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "num_labels": 1}
     if name == "gpt2":
-        config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=4, **special)
-        model = GPT2ForSequenceClassification(config)
+        model = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, n_embd=32))
     else:
         config = LlamaConfig(
             vocab_size=len(tokenizer),
