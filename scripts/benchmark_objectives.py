@@ -45,7 +45,6 @@ BACKBONE = {
     "max_length": 128,
     "learning_rate": 5e-5,
     "bf16": False,
-    "no_baseline": False,
 }
 
 
@@ -166,21 +165,21 @@ LENGTH_KEYS = ["eval_accuracy", "eval_reward_length_spearman", "eval_accuracy_ch
                "eval_chosen_shorter_pairs", "eval_longer_wins_accuracy", "eval_num_pairs", "train_seconds"]  # fmt: skip
 
 
-def debias_runs(weights: list[float]) -> list[tuple[str, dict]]:
-    """One `--length_debias` run per correlation weight, then plain Bradley-Terry (unless `--no_baseline`)."""
+def debias_runs(weights: list[float], baseline: bool = True) -> list[tuple[str, dict]]:
+    """One `--length_debias` run per correlation weight, then plain Bradley-Terry if `baseline`."""
     runs = [(f"length_debias (correlation weight {w})", {"length_debias": True, "length_correlation_weight": w})
             for w in weights]  # fmt: skip
-    return runs if BACKBONE["no_baseline"] else [*runs, ("bradley_terry", {})]
+    return [*runs, ("bradley_terry", {})] if baseline else runs
 
 
-def length(shared: str, work: str, steps: int, weights: list[float]) -> None:
+def length(shared: str, work: str, steps: int, weights: list[float], baseline: bool) -> None:
     data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, on_bad_row="skip")
-    for i, (name, config) in enumerate(debias_runs(weights)):
+    for i, (name, config) in enumerate(debias_runs(weights, baseline)):
         metrics, _ = run(f"length-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
 
-def confounded(shared: str, work: str, steps: int, weights: list[float]) -> None:
+def confounded(shared: str, work: str, steps: int, weights: list[float], baseline: bool) -> None:
     from datasets import Dataset, DatasetDict
 
     from reward_trainer.data.formats import prompt_bucket
@@ -197,7 +196,7 @@ def confounded(shared: str, work: str, steps: int, weights: list[float]) -> None
     DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(path)
     print(json.dumps({"train_pairs_chosen_longer": len(train), "test_pairs_balanced": len(test)}), flush=True)
     data = dict(dataset_name=path)
-    for i, (name, config) in enumerate(debias_runs(weights)):
+    for i, (name, config) in enumerate(debias_runs(weights, baseline)):
         metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
@@ -253,10 +252,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     BACKBONE.update(model=args.model, max_length=args.max_length, learning_rate=args.learning_rate, bf16=args.bf16)
-    BACKBONE["no_baseline"] = args.no_baseline
     if not os.path.isdir(args.shared_data):
         sys.exit(f"no shared data at {args.shared_data}")
-    print(json.dumps({"task": args.task, "max_steps": args.max_steps, **BACKBONE, "loadavg_start": os.getloadavg()}))
+    print(
+        json.dumps(
+            {
+                "task": args.task,
+                "max_steps": args.max_steps,
+                **BACKBONE,
+                "no_baseline": args.no_baseline,
+                "loadavg_start": os.getloadavg(),
+            }
+        )
+    )
     work = args.output_dir or tempfile.mkdtemp(prefix=f"bench-{args.task}-")
     os.makedirs(work, exist_ok=True)
     if args.task == "ties":
@@ -264,9 +272,9 @@ def main() -> None:
     elif args.task == "rankings":
         rankings(args.shared_data, work, args.max_steps, args.data_only)
     elif args.task == "length":
-        length(args.shared_data, work, args.max_steps, args.length_correlation_weight)
+        length(args.shared_data, work, args.max_steps, args.length_correlation_weight, not args.no_baseline)
     elif args.task == "confounded":
-        confounded(args.shared_data, work, args.max_steps, args.length_correlation_weight)
+        confounded(args.shared_data, work, args.max_steps, args.length_correlation_weight, not args.no_baseline)
     else:
         synthetic(work, args.max_steps, args.length_correlation_weight)
     print(json.dumps({"loadavg_end": os.getloadavg()}), flush=True)

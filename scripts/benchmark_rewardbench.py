@@ -29,11 +29,11 @@ import platform
 import random
 import re
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_scoring import TokenCounter, timed  # this folder is on sys.path when a script runs
 from transformers import pipeline
 
 from reward_trainer.config import EvaluateArguments, ModelArguments
@@ -143,12 +143,6 @@ def official_pipeline(scorer, rows, batch_size: int, max_length: int) -> tuple[l
     return chosen, rejected, summary | {"mean_tokens": float(np.mean(tokens))}
 
 
-def timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="outputs/rewardbench-layout.jsonl", help="The RewardBench-layout file.")
@@ -193,30 +187,27 @@ def main():
             return rows, scores, rewardbench_summary(pair_results(*zip(*scores)), rows.subsets)
 
         scorer.score_texts(["warm-up", "a warm-up text"], groups=[0, 0])  # first-call costs, shared by both sides
-        tokens = [0]  # token ids through the input embeddings, padding included: the work each side does
-        scorer.model.get_input_embeddings().register_forward_hook(
-            lambda module, inputs, output: tokens.__setitem__(0, tokens[0] + inputs[0].numel())
-        )
+        counter = TokenCounter(scorer.model)  # the work each side does, padding included
         (rows, scores, summary), ours_wall, ours_cpu = timed(ours)
-        ours_tokens, tokens[0] = tokens[0], 0
+        ours_tokens = counter.tokens
         print(f"ours: {ours_wall:.1f}s wall, {ours_cpu:.1f}s CPU, {ours_tokens} tokens")
         other_budgets = {}
         for budget in args.also_max_batch_tokens:
             scorer.max_batch_tokens, default_budget = budget, scorer.max_batch_tokens
-            tokens[0] = 0
+            counter.tokens = 0
             (_, other_scores, _), wall, cpu = timed(ours)
             scorer.max_batch_tokens = default_budget
             same = float(np.abs(np.asarray(other_scores) - np.asarray(scores)).max())
-            other_budgets[budget] = {"wall_seconds": wall, "cpu_seconds": cpu, "tokens": tokens[0]}
-            other_budgets[budget]["max_abs_reward_diff"] = same
-            print(
-                f"ours, max_batch_tokens {budget}: {wall:.1f}s wall, {cpu:.1f}s CPU, {tokens[0]} tokens, max |diff| {same:.1e}"
-            )
-        tokens[0] = 0
+            other_budgets[budget] = {
+                "wall_seconds": wall, "cpu_seconds": cpu, "tokens": counter.tokens, "max_abs_reward_diff": same
+            }  # fmt: skip
+            print(f"ours, max_batch_tokens {budget}: {wall:.1f}s wall, {cpu:.1f}s CPU, {counter.tokens} tokens, "
+                  f"max |diff| {same:.1e}")  # fmt: skip
+        counter.tokens = 0
         (chosen, rejected, peer), peer_wall, peer_cpu = timed(
             lambda: official_pipeline(scorer, rows, args.pipeline_batch_size, max_length)
         )
-        peer_tokens = tokens[0]
+        peer_tokens = counter.tokens
         print(
             f"official pipeline (batch {args.pipeline_batch_size}): {peer_wall:.1f}s wall, {peer_cpu:.1f}s CPU, "
             f"{peer_tokens} tokens"

@@ -1,7 +1,7 @@
 """Fixtures and helpers shared by several test files.
 
-Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`) are imported with `from conftest import ...`: pytest puts
-this folder on `sys.path`.
+Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`) are imported with
+`from conftest import ...`: pytest puts this folder on `sys.path`.
 """
 
 import json
