@@ -21,7 +21,9 @@
   reward-length Spearman, accuracy, accuracy on pairs whose chosen response is the shorter.
 - confounded: HH-RLHF rows where the chosen response is the longer for training, and held-out prompts balanced
   (as many chosen-shorter as chosen-longer pairs) for testing, so length predicts the training preference
-  perfectly and nothing in the test.
+  perfectly and nothing in the test. `--confound_fraction 0.8` adds training-side chosen-shorter rows until the
+  chosen is the longer in 80% of training pairs: length still predicts most training preferences, but no longer
+  all of them, so the data says something of quality apart from length.
 - synthetic: a length-confounded task on the built-in tiny GPT-2 (seconds, no pretrained backbone): the chosen
   response starts with " yes", the rejected with " no", then 0-6 filler words; in training the chosen response
   is always the longer, in testing lengths are drawn independently. `--length_debias` against Bradley-Terry.
@@ -179,7 +181,7 @@ def length(shared: str, work: str, steps: int, weights: list[float], baseline: b
         report(name, metrics, LENGTH_KEYS)
 
 
-def confounded(shared: str, work: str, steps: int, weights: list[float], baseline: bool) -> None:
+def confounded(shared: str, work: str, steps: int, weights: list[float], baseline: bool, fraction: float) -> None:
     from datasets import Dataset, DatasetDict
 
     from reward_trainer.data.formats import prompt_bucket
@@ -187,6 +189,9 @@ def confounded(shared: str, work: str, steps: int, weights: list[float], baselin
     rows = hh_rows(shared)
     held = [prompt_bucket(r["prompt"], 42) < 0.1 for r in rows]
     train = [r for r, h in zip(rows, held) if not h and len(r["chosen"]) > len(r["rejected"])]
+    if fraction < 1:  # add chosen-shorter pairs until the chosen is the longer in `fraction` of them
+        other = [r for r, h in zip(rows, held) if not h and len(r["chosen"]) < len(r["rejected"])]
+        train += other[: round(len(train) * (1 - fraction) / fraction)]
     test = [r for r, h in zip(rows, held) if h and len(r["chosen"]) != len(r["rejected"])]
     shorter = [r for r in test if len(r["chosen"]) < len(r["rejected"])]
     longer = [r for r in test if len(r["chosen"]) > len(r["rejected"])]
@@ -194,7 +199,8 @@ def confounded(shared: str, work: str, steps: int, weights: list[float], baselin
     test = shorter[:n] + longer[:n]
     path = os.path.join(work, "confounded")
     DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(path)
-    print(json.dumps({"train_pairs_chosen_longer": len(train), "test_pairs_balanced": len(test)}), flush=True)
+    longer_share = sum(len(r["chosen"]) > len(r["rejected"]) for r in train) / len(train)
+    print(json.dumps({"train_pairs": len(train), "chosen_longer": longer_share, "test_pairs_balanced": len(test)}))
     data = dict(dataset_name=path)
     for i, (name, config) in enumerate(debias_runs(weights, baseline)):
         metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
@@ -239,6 +245,12 @@ def main() -> None:
     parser.add_argument("--shared_data", default="../shared/data")
     parser.add_argument("--max_steps", type=int, default=150)
     parser.add_argument("--length_correlation_weight", type=float, nargs="+", default=[0.1], help="One run each.")
+    parser.add_argument(
+        "--confound_fraction",
+        type=float,
+        default=1.0,
+        help="confounded: the share of training pairs whose chosen response is the longer (1: all of them).",
+    )
     parser.add_argument("--data_only", action="store_true", help="rankings: write the ranked set and stop.")
     parser.add_argument("--output_dir", default=None, help="Where the runs go (default: a temporary folder).")
     parser.add_argument("--model", default=BACKBONE["model"], help="The backbone (not for `synthetic`).")
@@ -274,7 +286,14 @@ def main() -> None:
     elif args.task == "length":
         length(args.shared_data, work, args.max_steps, args.length_correlation_weight, not args.no_baseline)
     elif args.task == "confounded":
-        confounded(args.shared_data, work, args.max_steps, args.length_correlation_weight, not args.no_baseline)
+        confounded(
+            args.shared_data,
+            work,
+            args.max_steps,
+            args.length_correlation_weight,
+            not args.no_baseline,
+            args.confound_fraction,
+        )
     else:
         synthetic(work, args.max_steps, args.length_correlation_weight)
     print(json.dumps({"loadavg_end": os.getloadavg()}), flush=True)

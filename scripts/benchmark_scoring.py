@@ -151,7 +151,10 @@ def grouped_main(args) -> None:
     pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none")
     all_prompts, pool = hh_prompts_and_responses(Path(args.data), args.max_prompt_chars)
     rng = random.Random(0)
-    prompts_all = all_prompts[: args.num_prompts]
+    if args.prompt_sample == "random":  # seeded, uniform over the file's distinct prompts
+        prompts_all = random.Random(0).sample(all_prompts, args.num_prompts)
+    else:
+        prompts_all = all_prompts[: args.num_prompts]
     scorer.score(prompts_all[:2], pool[:2])  # warm-up
     pipe([prompts_all[0] + pool[0]], batch_size=1)
 
@@ -257,6 +260,13 @@ def main():
     )
     parser.add_argument(
         "--max_prompt_chars", type=int, default=1500, help="Grouped scoring: leave out longer HH prompts."
+    )
+    parser.add_argument(
+        "--prompt_sample",
+        default="first",
+        choices=["first", "random"],
+        help="Grouped scoring: the file's first --num_prompts prompts, or a seeded uniform sample of them all "
+        "(prompt lengths as the file has them: the first ones are shorter than the file's mean).",
     )
     args = parser.parse_args()
     if not os.path.exists(args.data):
