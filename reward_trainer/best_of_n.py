@@ -75,14 +75,15 @@ def load_policy(args: BestOfNArguments):
     """The policy (`AutoModelForCausalLM`, eval mode) and its tokenizer, set to pad on the left for generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import require_safetensors, resolve_model_path
+    from .modeling import dequantized_gguf, require_safetensors, resolve_model_path
 
     name, gguf_file = resolve_model_path(args.policy_name_or_path, args.policy_gguf_file)
-    if os.path.isdir(name) and not gguf_file:
+    if gguf_file:  # dequantized once, into the cache the reward models load GGUF backbones from
+        name = dequantized_gguf(name, gguf_file)
+    if os.path.isdir(name):
         require_safetensors(name)  # weights from safetensors (or GGUF) only, never unpickled
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

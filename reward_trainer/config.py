@@ -218,6 +218,9 @@ class RewardConfig(TrainingArguments):
         length_debias: ODIN: a second head carries length, the reward head is decorrelated from it
             (`length_correlation_weight`) and orthogonal to it (`length_orthogonality_weight`); the saved model
             keeps the reward head only.
+        length_projection: after training, erase the linear direction of length from the reward head: a ridge
+            probe of log(1 + response tokens) on the head's input over the training pairs, subtracted from the head
+            as much as leaves the reward uncorrelated with log length on them. With or without `length_debias`.
         regression / regression_weight / attribute_weights: ratings (the `ratings` format, `--attributes`): one
             output per attribute; each pairwise loss applies per attribute (pairs ordered by that attribute's
             ratings), `regression_weight` adds the squared error, `--loss regression` is that alone; the reward is
@@ -323,6 +326,15 @@ class RewardConfig(TrainingArguments):
             "and up on the tests' tiny model) can leave the reward head with nothing learned."
         },
     )
+    length_projection: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, fit a ridge probe of log(1 + response tokens) on the reward head's input over "
+            "the training pairs and subtract it from the head, as much as leaves the reward uncorrelated with log "
+            "length there (linear erasure); the saved single head is the result. With `bradley_terry` or "
+            "`bt_ties`, alone or after --length_debias."
+        },
+    )
     length_orthogonality_weight: float = field(
         default=1.0, metadata={"help": "With --length_debias: weight of |w_reward . w_length| (the two heads)."}
     )
@@ -366,6 +378,10 @@ class RewardConfig(TrainingArguments):
             raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
         if self.length_debias and self.loss not in ("bradley_terry", "bt_ties"):
             raise ValueError(f"--length_debias works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}")
+        if self.length_projection and self.loss not in ("bradley_terry", "bt_ties"):
+            raise ValueError(
+                f"--length_projection works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}"
+            )
         if self.length_debias and self.train_sampling_strategy == "group_by_length":
             # The length term's correlations are taken over each micro-batch: in batches of pairs sorted by
             # length they would see little of it, and a reward could follow length from batch to batch freely.

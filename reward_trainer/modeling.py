@@ -127,15 +127,16 @@ def gguf_cache_dir() -> str:
 
 
 def dequantized_gguf(name: str, gguf_file: str, revision: str = "main") -> str:
-    """A folder holding the backbone of GGUF checkpoint `gguf_file` (in local folder or Hub repo `name`) as
-    safetensors, with its tokenizer. Made once: transformers dequantizes the file (about 20 s for 135M
-    parameters) and the folder is written to a temporary name and renamed, so it is complete or absent."""
+    """A folder holding GGUF checkpoint `gguf_file` (in local folder or Hub repo `name`) as a safetensors causal
+    LM (language-model head included: a reward model loads its backbone from it, a best-of-n policy all of it),
+    with its tokenizer. Made once: transformers dequantizes the file (about 20 s for 135M parameters) and the
+    folder is written to a temporary name and renamed, so it is complete or absent."""
     path = os.path.join(name, gguf_file)
     stamp = (
         f"{os.path.abspath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
         if os.path.isfile(path)
         else f"{name}@{revision}/{gguf_file}"
-    )
+    ) + ":causal-lm"
     target = os.path.join(gguf_cache_dir(), hashlib.sha256(stamp.encode()).hexdigest()[:16])
     if os.path.isfile(os.path.join(target, "model.safetensors")):
         return target
@@ -143,12 +144,14 @@ def dequantized_gguf(name: str, gguf_file: str, revision: str = "main") -> str:
         import gguf  # noqa: F401  (transformers reads GGUF files with it)
     except ImportError:
         raise ModelLoadError(f"{path}: reading GGUF files needs the gguf package: pip install gguf") from None
-    from transformers import AutoModel
+    from transformers import AutoModelForCausalLM
 
     logger.info("dequantizing %s to safetensors in %s (once)", path, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, gguf_file=gguf_file, revision=revision)
-        backbone = AutoModel.from_pretrained(name, gguf_file=gguf_file, revision=revision, dtype=torch.float32)
+        backbone = AutoModelForCausalLM.from_pretrained(
+            name, gguf_file=gguf_file, revision=revision, dtype=torch.float32
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(
             f"{path}: transformers cannot dequantize it ({str(err).splitlines()[0]}); a newer transformers may "

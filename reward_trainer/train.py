@@ -90,6 +90,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     )
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if training_args.length_projection:  # before evaluation: the metrics are those of the saved head
+        train_result.metrics.update(trainer.project_out_length())
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = {}

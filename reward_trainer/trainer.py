@@ -9,6 +9,7 @@ from transformers import Trainer
 
 from .collator import INDEX_COLUMNS, PAIR_COLUMNS, RATING_COLUMNS, PrefixSharingCollator, collator_for
 from .errors import NonFiniteLossError, UsageError
+from .length_projection import length_projection
 from .loss import (
     attribute_pairwise_loss,
     bradley_terry_loss,
@@ -103,7 +104,7 @@ class RewardTrainer(Trainer):
         if isinstance(eval_dataset, datasets.Dataset) and "chosen_length" not in eval_dataset.column_names:
             eval_dataset = eval_dataset.map(response_lengths, desc="Measuring response lengths")
         if (
-            getattr(args, "length_debias", False)
+            (getattr(args, "length_debias", False) or getattr(args, "length_projection", False))
             and isinstance(train_dataset, datasets.Dataset)
             and "chosen_length" not in train_dataset.column_names
         ):
@@ -147,6 +148,40 @@ class RewardTrainer(Trainer):
     def compute_rewards(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards of each pair's chosen and rejected sequence, (B,) each; see `pair_rewards`."""
         return pair_rewards(model, inputs)
+
+    @torch.no_grad()
+    def project_out_length(self) -> dict[str, float]:
+        """Erases the linear direction of response length from the reward head, in place (`length_projection`).
+
+        One pass over the training pairs in evaluation mode reads each response's input to the head (a hook makes
+        the head return its input, so the rewards' own layouts, prefix sharing included, gather it) and its length;
+        under DDP every process gathers all of them and makes the same edit. Returns the summary, prefixed
+        `length_projection_`."""
+        head = reward_head(self.model)
+        features, lengths = [], []
+        handle = head.register_forward_hook(lambda module, args, output: args[0])
+        self.model.eval()
+        try:
+            for inputs in self.get_test_dataloader(self.train_dataset):
+                inputs = self._prepare_inputs(inputs)
+                with self.autocast_smart_context_manager():
+                    chosen, rejected = self.compute_rewards(self.model, inputs)  # (B, H) each: the head's input
+                # Per pair, (B, 2, H) and (B, 2), so that the duplicates filling the last batch are dropped whole.
+                pairs, pair_lengths = self.accelerator.gather_for_metrics(
+                    (
+                        torch.stack([chosen, rejected], 1).float(),
+                        torch.stack([inputs["chosen_length"], inputs["rejected_length"]], 1),
+                    )
+                )
+                features.append(pairs.flatten(0, 1).cpu())
+                lengths.append(pair_lengths.flatten().cpu())
+        finally:
+            handle.remove()
+        weight, summary = length_projection(
+            torch.cat(features).numpy(), torch.cat(lengths).numpy(), head.weight[0].float().cpu().numpy()
+        )
+        head.weight[0] = torch.as_tensor(weight, dtype=head.weight.dtype, device=head.weight.device)
+        return {f"length_projection_{key}": value for key, value in summary.items()}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = self.compute_rewards(model, inputs)  # (B,), or (B, 2) with a length head

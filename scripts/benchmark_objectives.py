@@ -167,21 +167,26 @@ LENGTH_KEYS = ["eval_accuracy", "eval_reward_length_spearman", "eval_accuracy_ch
                "eval_chosen_shorter_pairs", "eval_longer_wins_accuracy", "eval_num_pairs", "train_seconds"]  # fmt: skip
 
 
-def debias_runs(weights: list[float], baseline: bool = True) -> list[tuple[str, dict]]:
-    """One `--length_debias` run per correlation weight, then plain Bradley-Terry if `baseline`."""
+def debias_runs(weights: list[float], baseline: bool = True, projection: bool = False) -> list[tuple[str, dict]]:
+    """One `--length_debias` run per correlation weight, Bradley-Terry with `--length_projection` if
+    `projection`, then plain Bradley-Terry if `baseline`."""
     runs = [(f"length_debias (correlation weight {w})", {"length_debias": True, "length_correlation_weight": w})
             for w in weights]  # fmt: skip
+    if projection:
+        runs.append(("bradley_terry + length_projection", {"length_projection": True}))
     return [*runs, ("bradley_terry", {})] if baseline else runs
 
 
-def length(shared: str, work: str, steps: int, weights: list[float], baseline: bool) -> None:
+def length(shared: str, work: str, steps: int, weights: list[float], baseline: bool, projection: bool) -> None:
     data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, on_bad_row="skip")
-    for i, (name, config) in enumerate(debias_runs(weights, baseline)):
+    for i, (name, config) in enumerate(debias_runs(weights, baseline, projection)):
         metrics, _ = run(f"length-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
 
-def confounded(shared: str, work: str, steps: int, weights: list[float], baseline: bool, fraction: float) -> None:
+def confounded(
+    shared: str, work: str, steps: int, weights: list[float], baseline: bool, projection: bool, fraction: float
+) -> None:
     from datasets import Dataset, DatasetDict
 
     from reward_trainer.data.formats import prompt_bucket
@@ -202,7 +207,7 @@ def confounded(shared: str, work: str, steps: int, weights: list[float], baselin
     longer_share = sum(len(r["chosen"]) > len(r["rejected"]) for r in train) / len(train)
     print(json.dumps({"train_pairs": len(train), "chosen_longer": longer_share, "test_pairs_balanced": len(test)}))
     data = dict(dataset_name=path)
-    for i, (name, config) in enumerate(debias_runs(weights, baseline)):
+    for i, (name, config) in enumerate(debias_runs(weights, baseline, projection)):
         metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
@@ -244,7 +249,18 @@ def main() -> None:
     parser.add_argument("task", choices=["ties", "rankings", "length", "confounded", "synthetic"])
     parser.add_argument("--shared_data", default="../shared/data")
     parser.add_argument("--max_steps", type=int, default=150)
-    parser.add_argument("--length_correlation_weight", type=float, nargs="+", default=[0.1], help="One run each.")
+    parser.add_argument(
+        "--length_correlation_weight",
+        type=float,
+        nargs="*",
+        default=[0.1],
+        help="One --length_debias run each (none if given no value).",
+    )
+    parser.add_argument(
+        "--length_projection",
+        action="store_true",
+        help="length, confounded: also Bradley-Terry with --length_projection.",
+    )
     parser.add_argument(
         "--confound_fraction",
         type=float,
@@ -284,7 +300,14 @@ def main() -> None:
     elif args.task == "rankings":
         rankings(args.shared_data, work, args.max_steps, args.data_only)
     elif args.task == "length":
-        length(args.shared_data, work, args.max_steps, args.length_correlation_weight, not args.no_baseline)
+        length(
+            args.shared_data,
+            work,
+            args.max_steps,
+            args.length_correlation_weight,
+            not args.no_baseline,
+            args.length_projection,
+        )
     elif args.task == "confounded":
         confounded(
             args.shared_data,
@@ -292,6 +315,7 @@ def main() -> None:
             args.max_steps,
             args.length_correlation_weight,
             not args.no_baseline,
+            args.length_projection,
             args.confound_fraction,
         )
     else:

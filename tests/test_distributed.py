@@ -81,12 +81,13 @@ torch.save = _wrap(torch.save)
 
 @pytest.mark.slow  # `accelerate launch` with 2 processes beside a 1-process run: ~10 s
 def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
-    """2 processes x 8 pairs per step == 1 process x 16: same per-step losses, same eval set, one writer."""
+    """2 processes x 8 pairs per step == 1 process x 16: same per-step losses, same eval set, one writer; the
+    length projection after training sees every training pair once in both, and makes the same edit."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(WRITE_LOGGER)
     write_log = tmp_path / "writes.log"
-    run = SMALL + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3"]
+    run = SMALL + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--length_projection", "true"]
     two = subprocess.Popen(
         [
             sys.executable,
@@ -148,6 +149,13 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     assert metrics_two["eval_accuracy"] == metrics_one["eval_accuracy"]
     for key in ("eval_margin", "eval_chosen_reward_mean", "eval_rejected_reward_std"):
         assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-4), key
+
+    projection_two, projection_one = (
+        json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("two", "one")
+    )
+    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"] == 1
+    for key in ("length_projection_coefficient", "length_projection_probe_r2", "length_projection_correlation_before"):
+        assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-3), key
 
     writes = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
     by_rank = {rank: {Path(p).name for r, p in writes if r == rank} for rank in {r for r, _ in writes}}

