@@ -177,16 +177,14 @@ def debias_runs(weights: list[float], baseline: bool = True, projection: bool = 
     return [*runs, ("bradley_terry", {})] if baseline else runs
 
 
-def length(shared: str, work: str, steps: int, weights: list[float], baseline: bool, projection: bool) -> None:
+def length(shared: str, work: str, steps: int, runs: list[tuple[str, dict]]) -> None:
     data = dict(dataset_name=os.path.join(shared, HH), eval_fraction=0.1, on_bad_row="skip")
-    for i, (name, config) in enumerate(debias_runs(weights, baseline, projection)):
+    for i, (name, config) in enumerate(runs):
         metrics, _ = run(f"length-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
 
-def confounded(
-    shared: str, work: str, steps: int, weights: list[float], baseline: bool, projection: bool, fraction: float
-) -> None:
+def confounded(shared: str, work: str, steps: int, runs: list[tuple[str, dict]], fraction: float) -> None:
     from datasets import Dataset, DatasetDict
 
     from reward_trainer.data.formats import prompt_bucket
@@ -207,7 +205,7 @@ def confounded(
     longer_share = sum(len(r["chosen"]) > len(r["rejected"]) for r in train) / len(train)
     print(json.dumps({"train_pairs": len(train), "chosen_longer": longer_share, "test_pairs_balanced": len(test)}))
     data = dict(dataset_name=path)
-    for i, (name, config) in enumerate(debias_runs(weights, baseline, projection)):
+    for i, (name, config) in enumerate(runs):
         metrics, _ = run(f"confounded-{i}", work, data, config, steps, 8)
         report(name, metrics, LENGTH_KEYS)
 
@@ -299,25 +297,12 @@ def main() -> None:
         ties(args.shared_data, work, args.max_steps)
     elif args.task == "rankings":
         rankings(args.shared_data, work, args.max_steps, args.data_only)
-    elif args.task == "length":
-        length(
-            args.shared_data,
-            work,
-            args.max_steps,
-            args.length_correlation_weight,
-            not args.no_baseline,
-            args.length_projection,
-        )
-    elif args.task == "confounded":
-        confounded(
-            args.shared_data,
-            work,
-            args.max_steps,
-            args.length_correlation_weight,
-            not args.no_baseline,
-            args.length_projection,
-            args.confound_fraction,
-        )
+    elif args.task in ("length", "confounded"):
+        runs = debias_runs(args.length_correlation_weight, not args.no_baseline, args.length_projection)
+        if args.task == "length":
+            length(args.shared_data, work, args.max_steps, runs)
+        else:
+            confounded(args.shared_data, work, args.max_steps, runs, args.confound_fraction)
     else:
         synthetic(work, args.max_steps, args.length_correlation_weight)
     print(json.dumps({"loadavg_end": os.getloadavg()}), flush=True)
