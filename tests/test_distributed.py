@@ -153,9 +153,10 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     projection_two, projection_one = (
         json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("two", "one")
     )
-    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"] == 1
+    # The same responses were gathered (the probe's fit and the correlation depend on every one of them).
+    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"]
     for key in ("length_projection_coefficient", "length_projection_probe_r2", "length_projection_correlation_before"):
-        assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-3), key
+        assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-3, abs=1e-6), key
 
     writes = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
     by_rank = {rank: {Path(p).name for r, p in writes if r == rank} for rank in {r for r, _ in writes}}
