@@ -117,6 +117,9 @@ class RewardTrainer(Trainer):
             eval_dataset=eval_dataset,
             **kwargs,
         )
+        if getattr(args, "length_projection", False) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            # Refused before training, not after it: the edit writes one row of a head these engines shard.
+            raise UsageError("--length_projection runs on one process or under DDP, not under FSDP or DeepSpeed")
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
