@@ -24,12 +24,12 @@ def ridge_probe(features: np.ndarray, targets: np.ndarray, folds: int = 5) -> tu
     errors = np.zeros(len(grid))
     for held in np.array_split(np.random.default_rng(0).permutation(len(y)), folds):
         kept = np.setdiff1d(np.arange(len(y)), held)
-        xk, yk = x[kept] - x[kept].mean(0), y[kept] - y[kept].mean()
-        u, s, vt = np.linalg.svd(xk, full_matrices=False)
-        uty = u.T @ yk
+        x_mean, y_mean = x[kept].mean(0), y[kept].mean()  # the held-out fold is centred as the kept folds are
+        u, s, vt = np.linalg.svd(x[kept] - x_mean, full_matrices=False)
+        uty = u.T @ (y[kept] - y_mean)
+        x_held, y_held = x[held] - x_mean, y[held] - y_mean
         for i, penalty in enumerate(grid):
-            coefficients = vt.T @ (s / (s**2 + penalty) * uty)
-            residual = (y[held] - y[kept].mean()) - (x[held] - x[kept].mean(0)) @ coefficients
+            residual = y_held - x_held @ (vt.T @ (s / (s**2 + penalty) * uty))
             errors[i] += residual @ residual
     penalty = grid[int(np.argmin(errors))]
     u, s, vt = np.linalg.svd(x, full_matrices=False)
