@@ -277,6 +277,8 @@ def main() -> None:
         help="length, confounded: the debiased runs only (a baseline run before).",
     )
     args = parser.parse_args()
+    if not 0 < args.confound_fraction <= 1:
+        parser.error(f"--confound_fraction must be in (0, 1], got {args.confound_fraction}")
     BACKBONE.update(model=args.model, max_length=args.max_length, learning_rate=args.learning_rate, bf16=args.bf16)
     if not os.path.isdir(args.shared_data):
         sys.exit(f"no shared data at {args.shared_data}")
