@@ -75,7 +75,7 @@ def load_policy(args: BestOfNArguments):
     """The policy (`AutoModelForCausalLM`, eval mode) and its tokenizer, set to pad on the left for generation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import dequantized_gguf, require_safetensors, resolve_model_path
+    from .loading import dequantized_gguf, require_safetensors, resolve_model_path
 
     name, gguf_file = resolve_model_path(args.policy_name_or_path, args.policy_gguf_file)
     if gguf_file:  # dequantized once, into the cache the reward models load GGUF backbones from

@@ -7,7 +7,7 @@ Implicit-prompt conversations (HH-RLHF: "\\n\\nHuman: ...\\n\\nAssistant: ...") 
 `implicit_prompt_rendering` "chat_template" (or "auto" and a tokenizer with a template) they are parsed into
 messages (`parse_implicit_conversation`) and rendered with the template, so an instruct model sees its own format.
 
-Where the reward is read: the tokenizer `reward_trainer.modeling` prepares appends EOS to every text, the
+Where the reward is read: the tokenizer `reward_trainer.loading` prepares appends EOS to every text, the
 rendered chat text included, so a conversation ends with the template's end-of-turn text and then that EOS:
 SmolLM2 `... response<|im_end|>\\n<|im_end|>`, the reward read at the last `<|im_end|>` (the appended one).
 Any path that tokenizes the rendered text with the saved tokenizer (training, `RewardScorer`, the server, plain

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .config import (
     BestOfNArguments,
@@ -32,6 +33,13 @@ EXIT_BAD_INPUT = 2
 
 
 class _Parser(HfArgumentParser):
+    def __init__(self, dataclass_types, **kwargs):
+        super().__init__(dataclass_types, **kwargs)
+        # A `bool | None` field (None: not given, e.g. `--bf16`) takes a bare flag as `true`, as a `bool` one does.
+        for action in self._actions:
+            if action.type is string_to_bool and action.nargs is None and action.default is None:
+                action.nargs, action.const = "?", True
+
     def error(self, message):  # argparse prints the whole usage and exits; we want one line
         raise UsageError(message)
 
@@ -126,7 +134,7 @@ def evaluate_main(argv: list[str]) -> int:
         (args,) = parse_args(argv, dataclass_types=(EvaluateArguments,))
         report = evaluate_model(args)
         if args.benchmark:
-            from .rewardbench import BENCHMARK_JSON, benchmark_markdown
+            from .leaderboard import BENCHMARK_JSON, benchmark_markdown
 
             print(benchmark_markdown(report), end="")
             print(f"Wrote {os.path.join(args.output_dir, BENCHMARK_JSON)} and the Markdown report beside it")

@@ -4,11 +4,15 @@ Configuration flows one way: YAML recipe -> `HfArgumentParser` over these datacl
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+from . import hardware
+from .hardware import Precision
 
 logger = logging.getLogger("reward_trainer")
 
@@ -238,7 +242,8 @@ class RewardConfig(TrainingArguments):
             carry little padding.
 
     Defaults that differ from `TrainingArguments`:
-        train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
+        bf16=None and fp16=None (not given: the precision is chosen by the hardware, `reward_trainer.hardware`;
+        the choice and its reason are in `precision`), train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
         save_strategy="no", report_to="none", remove_unused_columns=False (the collator needs the
         `chosen_ids`/`rejected_ids` columns, which the model's forward does not name),
         ddp_find_unused_parameters=False (every parameter of a backbone with a score head takes part in the
@@ -368,11 +373,29 @@ class RewardConfig(TrainingArguments):
         metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
     )
 
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 autocast (fp32 master weights). Default: chosen by the hardware (`reward_trainer.hardware`): "
+            "on where the device computes bf16 natively (a GPU with bf16, a CPU with avx512_bf16 or AMX)."
+        },
+    )
+    fp16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "fp16 autocast with a dynamic loss scale. Default: chosen by the hardware: on for a GPU without "
+            "bf16."
+        },
+    )
+
     def __post_init__(self):
-        # No GPU (or other accelerator): run on the CPU, where `--bf16` is CPU autocast. The stock arguments
-        # refuse `--bf16` without `use_cpu`, so one recipe could not serve both machines.
-        if not self.use_cpu and not accelerator_available():
+        # The device rule (`reward_trainer.hardware`; training's `--device cpu` is the stock `--use_cpu true`): the
+        # CPU where torch sees no accelerator, or where accelerate was told so (`use_cpu: true` in a launch config);
+        # then the precision rule. The stock arguments refuse `--bf16` without `use_cpu` on a machine with no GPU, so
+        # one recipe could not serve both machines.
+        if not self.use_cpu and (hardware.accelerate_wants_cpu() or hardware.accelerator_type() is None):
             self.use_cpu = True
+        self.precision = self.resolve_precision()
         super().__post_init__()
         if self.tie_theta is not None and (self.loss != "bt_ties" or not self.tie_theta > 1):
             raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
@@ -388,11 +411,25 @@ class RewardConfig(TrainingArguments):
             logger.warning("--length_debias: training batches are drawn at random (train_sampling_strategy random)")
             self.train_sampling_strategy = "random"
 
-
-def accelerator_available() -> bool:
-    """Whether torch sees a GPU (or another accelerator: XPU, MPS, ...)."""
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    def resolve_precision(self) -> Precision:
+        """Sets `bf16` / `fp16` (None: not given) by the precision rule of `reward_trainer.hardware` and returns the
+        choice with its reason. An explicit flag, or a mixed precision named by an `accelerate launch` config, wins;
+        bf16 forced on a CPU that emulates it is kept, with a warning."""
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        device = torch.device("cpu") if self.use_cpu else hardware.resolve_device()
+        if self.bf16 is None and self.fp16 is None and launched in ("bf16", "fp16"):
+            self.bf16, self.fp16 = launched == "bf16", launched == "fp16"
+            choice = Precision(launched, "mixed_precision of the accelerate launch config")
+        elif self.bf16 is None and self.fp16 is None:
+            choice = hardware.choose_precision(device)
+            self.bf16, self.fp16 = choice.name == "bf16", choice.name == "fp16"
+        else:
+            self.bf16, self.fp16 = bool(self.bf16), bool(self.fp16)
+            name = "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+            choice = Precision(name, "set by --bf16 / --fp16")
+        if self.bf16 and device.type == "cpu" and not hardware.cpu_info().native_bf16:
+            logger.warning("--bf16: %s", hardware.bf16_slowdown())
+        return choice
 
 
 @dataclass

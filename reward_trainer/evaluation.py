@@ -11,10 +11,10 @@ import torch
 from .config import DataArguments, EvaluateArguments, ModelArguments
 from .data import read_rows, subset_names
 from .errors import DataError, UsageError
+from .leaderboard import evaluate_benchmark
+from .loading import load_reward_model
 from .metrics import pair_correctness, per_subset_accuracy, preference_metrics, ranking_correlation
-from .modeling import load_reward_model
 from .report import pyplot, write_eval_report
-from .rewardbench import evaluate_benchmark
 from .scorer import RewardScorer
 
 DEFAULT_MAX_LENGTH = 512  # tokens of prompt + response, unless `--max_length` says otherwise
@@ -64,7 +64,7 @@ def read_texts(
 
 def evaluate_model(args: EvaluateArguments) -> dict:
     """The `evaluate` command: scores every pair (and ranking) of `args.dataset_name` and writes the report, or,
-    with `args.benchmark`, scores that benchmark (`reward_trainer.rewardbench`)."""
+    with `args.benchmark`, scores that benchmark (`reward_trainer.leaderboard`)."""
     if args.benchmark:
         return evaluate_benchmark(args)
     names = args.dataset_name

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .modeling import base_model_of
+from .heads import base_model_of
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:

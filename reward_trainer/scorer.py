@@ -31,7 +31,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .chat import chat_template_of  # the same rendering as training data
 from .collator import pad_sequences
-from .modeling import require_safetensors
+from .loading import require_safetensors
 from .packing import build_tree, pack_trees, prefix_shared_batch, prefix_shared_rewards, supports_prefix_sharing
 
 # A tree's row carries a (T, T) attention mask: groups are cut into trees of at most this many tokens so that a

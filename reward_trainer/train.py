@@ -19,8 +19,10 @@ from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
 from .data import load_preference_data, write_data_report
 from .errors import UsageError
+from .hardware import machine_line
+from .heads import add_lora, export_reward_model, prepare_objective, save_lora_model
+from .loading import load_reward_model
 from .metrics import compute_metrics
-from .modeling import add_lora, export_reward_model, load_reward_model, prepare_objective, save_lora_model
 from .scorer import store_reward_normalization
 from .trainer import RewardTrainer
 
@@ -57,7 +59,11 @@ def skip_evaluation(training_args: RewardConfig) -> None:
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RewardConfig) -> dict[str, float]:
     setup_logging(training_args)
     set_seed(training_args.seed)
+    precision = training_args.precision
+    logger.info("precision: %s (%s); %s", precision.name, precision.reason, machine_line())
     model, tokenizer = load_reward_model(model_args)
+    # Saved in config.json: what the model was trained in, and why.
+    model.config.training_precision = {"precision": precision.name, "reason": precision.reason}
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(
             data_args,
@@ -92,6 +98,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if training_args.length_projection:  # before evaluation: the metrics are those of the saved head
         train_result.metrics.update(trainer.project_out_length())
+    train_result.metrics["precision"] = precision.name
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = {}

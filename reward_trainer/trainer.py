@@ -9,6 +9,7 @@ from transformers import Trainer
 
 from .collator import INDEX_COLUMNS, PAIR_COLUMNS, RATING_COLUMNS, PrefixSharingCollator, collator_for
 from .errors import NonFiniteLossError, UsageError
+from .heads import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .length_projection import length_projection
 from .loss import (
     attribute_pairwise_loss,
@@ -20,7 +21,6 @@ from .loss import (
     rating_regression_loss,
 )
 from .metrics import LABEL_COLUMNS
-from .modeling import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 

@@ -94,8 +94,8 @@ def ties(shared: str, work: str, steps: int) -> None:
     from reward_trainer import RewardConfig, RewardTrainer
     from reward_trainer.config import DataArguments, ModelArguments
     from reward_trainer.data import load_preference_data
+    from reward_trainer.loading import load_reward_model
     from reward_trainer.metrics import pair_correctness, rao_kupper_log_likelihood
-    from reward_trainer.modeling import load_reward_model
 
     data = dict(
         dataset_name=os.path.join(shared, PANDALM), on_bad_row="skip", prompt_columns=["instruction", "input"],
@@ -150,8 +150,8 @@ def original_pair_accuracy(out: str, data: dict) -> float:
     from reward_trainer import RewardConfig, RewardTrainer
     from reward_trainer.config import DataArguments, ModelArguments
     from reward_trainer.data import load_preference_data
+    from reward_trainer.loading import load_reward_model
     from reward_trainer.metrics import pair_correctness
-    from reward_trainer.modeling import load_reward_model
 
     model, tokenizer = load_reward_model(ModelArguments(model_name_or_path=out))
     pairs = load_preference_data(DataArguments(**data), tokenizer, seed=42)

@@ -24,7 +24,7 @@ from reward_trainer.data.tokenizing import tokenize
 
 def load_tokenizer():
     from reward_trainer.errors import ModelLoadError
-    from reward_trainer.modeling import packaged_model_path
+    from reward_trainer.loading import packaged_model_path
 
     try:
         from transformers import AutoTokenizer

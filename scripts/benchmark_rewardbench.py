@@ -14,7 +14,7 @@ shared by both sides. The peer is what the official `scripts/run_rm.py` of the `
 `--batch_size 8`: each conversation rendered with the chat template (`prepare_dialogue_from_tokenizer`), then
 `pipeline("text-classification")` over the rejected texts and then the chosen ones, batch 8, `truncation=True,
 padding=True, max_length=2048, function_to_apply="none"`, left truncation; a pair is correct when chosen > rejected.
-Ours is `reward_trainer.rewardbench` as the command runs it: read the file, render, `RewardScorer`, the arithmetic.
+Ours is `reward_trainer.leaderboard` as the command runs it: read the file, render, `RewardScorer`, the arithmetic.
 Both sides' rewards are compared (max |diff|) and both sides' section scores printed. Speedups are ratios of CPU
 time of this process (robust to other jobs on a shared machine), with wall-clock ratios beside them. Each side's
 tokens through the model's input embeddings (padding included) are counted; their ratio, the token bound, is what
@@ -38,16 +38,9 @@ from transformers import pipeline
 
 from reward_trainer.config import EvaluateArguments, ModelArguments
 from reward_trainer.data.formats import split_implicit_prompt
-from reward_trainer.modeling import load_reward_model
-from reward_trainer.rewardbench import (
-    EXAMPLE_COUNTS,
-    SECTIONS,
-    load_benchmark_scorer,
-    pair_results,
-    read_benchmark_rows,
-    rewardbench_summary,
-    score_rows,
-)
+from reward_trainer.leaderboard import load_benchmark_scorer, read_benchmark_rows, score_rows
+from reward_trainer.loading import load_reward_model
+from reward_trainer.rewardbench import EXAMPLE_COUNTS, SECTIONS, pair_results, rewardbench_summary
 
 SHARED_DATA = Path(
     os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")

@@ -54,7 +54,7 @@ def load_hh_texts(path: Path, n: int) -> list[str]:
 
 def minilm_reward_model(directory: str) -> str:
     """Saves MiniLM-L6 with a seeded scalar head in `directory`, as a reward checkpoint."""
-    from reward_trainer.modeling import packaged_model_path
+    from reward_trainer.loading import packaged_model_path
 
     source = packaged_model_path("builtin:all-MiniLM-L6-v2")
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ class TokenCounter:
 
 def grouped_main(args) -> None:
     from reward_trainer.config import ModelArguments
-    from reward_trainer.modeling import load_reward_model
+    from reward_trainer.loading import load_reward_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the scalar head of a backbone without one

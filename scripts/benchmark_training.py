@@ -52,7 +52,7 @@ SEED = 0
 
 
 def minilm_dir() -> str:
-    from reward_trainer.modeling import packaged_model_path
+    from reward_trainer.loading import packaged_model_path
 
     return packaged_model_path("builtin:all-MiniLM-L6-v2")
 
@@ -81,7 +81,7 @@ def load_backbone(backbone: str):
 
     if backbone == "smollm2":
         from reward_trainer.config import ModelArguments
-        from reward_trainer.modeling import load_reward_model
+        from reward_trainer.loading import load_reward_model
 
         torch.manual_seed(SEED)  # the score head's init
         return load_reward_model(ModelArguments(model_name_or_path="builtin:SmolLM2-135M-Instruct"))

@@ -28,12 +28,26 @@ SMALL = [
     "true",
     "--per_device_eval_batch_size",
     "4",
+    "--bf16",
+    "false",  # the same arithmetic on every CPU (the automatic precision is bf16 where bf16 is native)
 ]
 
 # One intra-op thread for the whole session: on a shared 2-core machine a second thread only contends, and while other
 # processes were busy the in-process training tests ran 4 to 10 times slower on 2 threads than on 1.
 # Subprocesses get the same from `subprocess_env` (OMP_NUM_THREADS=1).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """Every test sees a CPU without native bf16, so that the automatic precision is fp32 on every machine and the
+    suite computes the same numbers on AVX2 and AVX512 CPUs. A test that checks bf16 asks for it (`--bf16 true`)
+    or fakes the hardware itself; subprocesses get `--bf16 false` from `SMALL`."""
+    from reward_trainer import hardware
+
+    info = hardware.cpu_info()
+    fake = hardware.CpuInfo(info.model, info.cores, "AVX2", info.flags - {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(hardware, "cpu_info", lambda: fake)
 
 
 def tiny_policy(tokenizer):

@@ -112,7 +112,7 @@ def test_auto_renders_with_the_template_only_when_the_tokenizer_has_one():
 
 @pytest.mark.parametrize("rendering", ["chat_template", "raw"])
 def test_hh_pairs_are_the_rendered_conversations(chat_backbone, hh_file, rendering):
-    from reward_trainer.modeling import load_reward_model
+    from reward_trainer.loading import load_reward_model
 
     _, tokenizer = load_reward_model(ModelArguments(model_name_or_path=str(chat_backbone)))
     args = DataArguments(dataset_name=str(hh_file), eval_fraction=0.0, implicit_prompt_rendering=rendering)

@@ -264,7 +264,7 @@ def test_eval_metrics_reach_tensorboard(tmp_path, monkeypatch):
     from reward_trainer import PreferenceCollator, RewardConfig, RewardTrainer
     from reward_trainer.config import DataArguments, ModelArguments
     from reward_trainer.data import load_preference_data
-    from reward_trainer.modeling import load_reward_model
+    from reward_trainer.loading import load_reward_model
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # transformers 5 reads it from here
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from tokenizers import ByteLevelBPETokenizer
 from reward_trainer.cli import main
 from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
 from reward_trainer.errors import ModelLoadError
-from reward_trainer.modeling import dequantized_gguf, load_reward_model
+from reward_trainer.loading import dequantized_gguf, load_reward_model
 
 gguf = pytest.importorskip("gguf")
 

@@ -8,12 +8,8 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
 from reward_trainer.config import ModelArguments
-from reward_trainer.modeling import (
-    ModelLoadError,
-    load_reward_model,
-    packaged_model_path,
-    prepare_tokenizer_and_model,
-)
+from reward_trainer.errors import ModelLoadError
+from reward_trainer.loading import load_reward_model, packaged_model_path, prepare_tokenizer_and_model
 
 TEXTS = ["the cat sat on the mat", "a dog", "the mat sat on a cat and a dog"]
 

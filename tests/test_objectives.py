@@ -14,9 +14,10 @@ from reward_trainer import PreferenceCollator, RewardConfig, RewardScorer, Rewar
 from reward_trainer.collator import PrefixSharingCollator, pairs_of_rankings
 from reward_trainer.config import DataArguments, ModelArguments
 from reward_trainer.data import load_preference_data
+from reward_trainer.heads import TIE_PARAMETER, prepare_objective
+from reward_trainer.loading import load_reward_model
 from reward_trainer.loss import bradley_terry_loss
 from reward_trainer.metrics import compute_metrics
-from reward_trainer.modeling import TIE_PARAMETER, load_reward_model, prepare_objective
 from reward_trainer.train import train
 from reward_trainer.trainer import ranking_losses
 
@@ -250,7 +251,8 @@ def test_two_processes_match_one_process(tmp_path, kind, config):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     run = ["scripts/train_reward.py", "--dataset_name", data, "--max_steps", "4", "--logging_steps", "1",
            "--learning_rate", "1e-3", "--eval_fraction", "0", "--max_length", "64", "--disable_tqdm", "true",
-           "--save_strategy", "steps", "--save_steps", "4", "--max_grad_norm", "0", *config]  # fmt: skip
+           "--save_strategy", "steps", "--save_steps", "4", "--max_grad_norm", "0", "--bf16", "false",
+           *config]  # fmt: skip
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
     two = subprocess.run([*launcher, *run, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -6,7 +6,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 
 from reward_trainer import RewardScorer
 from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
-from reward_trainer.modeling import load_reward_model
+from reward_trainer.loading import load_reward_model
 from reward_trainer.quickstart import make_pairs
 from reward_trainer.train import train
 

@@ -45,8 +45,8 @@ def test_step_by_step_python_flow(tmp_path):
     from reward_trainer import PreferenceCollator, RewardConfig, RewardScorer, RewardTrainer
     from reward_trainer.config import DataArguments, ModelArguments
     from reward_trainer.data import load_preference_data
+    from reward_trainer.loading import load_reward_model
     from reward_trainer.metrics import compute_metrics
-    from reward_trainer.modeling import load_reward_model
 
     torch.manual_seed(0)
     model, tokenizer = load_reward_model(ModelArguments())

@@ -11,21 +11,14 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from reward_trainer import rewardbench
+from reward_trainer import leaderboard, rewardbench
 from reward_trainer.chat import DEFAULT_CHAT_TEMPLATE
 from reward_trainer.cli import main
 from reward_trainer.config import EvaluateArguments
 from reward_trainer.data import sources
+from reward_trainer.leaderboard import BenchmarkRows, evaluate_benchmark, render_conversations, score_rows
 from reward_trainer.quickstart import build_tiny_gpt2
-from reward_trainer.rewardbench import (
-    BenchmarkRows,
-    best_of_n_result,
-    evaluate_benchmark,
-    render_conversations,
-    score_rows,
-    section_scores,
-    ties_score,
-)
+from reward_trainer.rewardbench import best_of_n_result, section_scores, ties_score
 from reward_trainer.scorer import RewardScorer
 
 
@@ -45,7 +38,7 @@ class NumberScorer:
 @pytest.fixture
 def number_scorer(monkeypatch, tiny_tokenizer):
     scorer = NumberScorer(tiny_tokenizer)  # the quickstart tokenizer has no chat template: the default one renders
-    monkeypatch.setattr(rewardbench, "load_benchmark_scorer", lambda args: scorer)
+    monkeypatch.setattr(leaderboard, "load_benchmark_scorer", lambda args: scorer)
     return scorer
 
 
@@ -241,7 +234,7 @@ def test_rendering_with_and_without_a_chat_template(tiny_tokenizer):
     head, tails = render_conversations(tiny_tokenizer, "hi", ["a", "b"])
     assert head == "user: hi\n\nassistant:" and tails == [" a\n\n", " b\n\n"]
     turns = [{"role": "x", "content": "q1"}, {"role": "y", "content": "a1"}, {"role": "z", "content": "q2"}]
-    head, tails = render_conversations(tiny_tokenizer, rewardbench._prompt({"prompt": turns}, "f"), ["r"])
+    head, tails = render_conversations(tiny_tokenizer, leaderboard._prompt({"prompt": turns}, "f"), ["r"])
     assert head + tails[0] == "user: q1\n\nassistant: a1\n\nuser: q2\n\nassistant: r\n\n"  # roles by position
     template = "{% for m in messages %}<{{ m['role'] }}|{{ m['content'] }}>{% endfor %}"
     tokenizer = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer, chat_template=template)

@@ -14,8 +14,8 @@ from transformers import EvalPrediction, TrainerCallback
 from reward_trainer import PreferenceCollator, RewardConfig, RewardTrainer
 from reward_trainer.config import DataArguments, ModelArguments
 from reward_trainer.data import load_preference_data
+from reward_trainer.loading import load_reward_model
 from reward_trainer.metrics import compute_metrics
-from reward_trainer.modeling import load_reward_model
 
 
 class GradientCapture(TrainerCallback):
