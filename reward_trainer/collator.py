@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import prefix_shared_batch, unique_sequences
+from .packing import prefix_shared_batch, prefix_shared_positions, unique_sequences
 
 RESPONSE_LENGTH_COLUMNS = ("chosen_length", "rejected_length")  # tokens after the shared prompt
 PAIR_COLUMNS = ("margin", "weight", "tie", *RESPONSE_LENGTH_COLUMNS)  # floats
@@ -53,13 +53,20 @@ class PreferenceCollator:
     With `dedupe=True`, a sequence that occurs several times in the batch (a ranking of K responses
     expanded into pairs) is padded once: `input_ids` holds the U distinct sequences, and `chosen_index`
     / `rejected_index` (B,) say which row is each pair's chosen and rejected sequence.
+
+    With `max_tokens`, a batch that would hold more token positions comes as `{"micro_batches": [...]}`
+    (`split_by_positions`).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     dedupe: bool = False
+    max_tokens: int | None = None
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
+        return split_by_positions(rows, self.collate, self.positions, self.max_tokens)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rows = pairs_of_rankings(rows)
         if self.dedupe:
             sequences, chosen, rejected = unique_sequences(rows)
@@ -70,8 +77,37 @@ class PreferenceCollator:
             batch = self.pad([row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows])
         return batch | pair_columns(rows)
 
+    def positions(self, rows: list[dict]) -> int:
+        """Token positions the padded batch of these rows holds (sequences x longest, rounded up)."""
+        rows = pairs_of_rankings(rows)
+        sequences = (
+            unique_sequences(rows)[0] if self.dedupe else [r[k] for r in rows for k in ("chosen_ids", "rejected_ids")]
+        )
+        length = max(len(ids) for ids in sequences)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return len(sequences) * length
+
     def pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
         return pad_sequences(sequences, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+
+
+def split_by_positions(rows: list[dict], collate, positions, max_tokens: int | None) -> dict:
+    """`collate(rows)`, or, when that batch would run more than `max_tokens` positions, `{"micro_batches": [...]}`:
+    the rows cut, in order, into consecutive runs that each fit (a row longer than the bound alone), each collated.
+
+    The trainer runs the micro-batches one after another and adds their gradients (`RewardTrainer.training_step`):
+    the same pairs and the same gradient as the whole batch, with the memory of its largest micro-batch. A row is a
+    pair or a whole ranking, never cut."""
+    if not max_tokens or positions(rows) <= max_tokens:
+        return collate(rows)
+    parts, current = [], []
+    for row in rows:
+        if current and positions([*current, row]) > max_tokens:
+            parts.append(current)
+            current = []
+        current.append(row)
+    return {"micro_batches": [collate(part) for part in [*parts, current]]}
 
 
 def pad_sequences(
@@ -116,16 +152,27 @@ class PrefixSharingCollator:
             [1, 0, 0, 1]], dtype=torch.int32)
     >>> batch["reward_index"], batch["chosen_index"], batch["rejected_index"]
     (tensor([2, 3]), tensor([0]), tensor([1]))
+
+    With `max_tokens`, a batch whose rows would hold more token positions comes as `{"micro_batches": [...]}`
+    (`split_by_positions`).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     pack: bool = True
+    max_tokens: int | None = None
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict]) -> dict:
+        return split_by_positions(rows, self.collate, self.positions, self.max_tokens)
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rows = pairs_of_rankings(rows)
         batch = prefix_shared_batch(rows, self.pad_token_id, self.pack, self.pad_to_multiple_of)
         return batch | pair_columns(rows)
+
+    def positions(self, rows: list[dict]) -> int:
+        """Token positions the prefix-shared rows of these rows hold (rows x row length)."""
+        return prefix_shared_positions(pairs_of_rankings(rows), self.pack, self.pad_to_multiple_of)
 
 
 def collator_for(model, args, pad_token_id: int):

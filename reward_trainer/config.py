@@ -241,6 +241,11 @@ class RewardConfig(TrainingArguments):
             (`trainer.PairLengthSampler`, reading a `length` column that `RewardTrainer` adds), so batches
             carry little padding.
 
+    Parameters that control memory (`reward_trainer.memory`):
+        micro_batch_tokens: the most token positions one forward and backward runs; a longer batch runs as
+            micro-batches with the same gradient. Default: from `memory_budget_gb` (0: no bound).
+        memory_budget_gb: the peak the run keeps under; default 90% of the memory held and free at the start.
+
     Defaults that differ from `TrainingArguments`:
         bf16=None and fp16=None (not given: the precision is chosen by the hardware, `reward_trainer.hardware`;
         the choice and its reason are in `precision`), train_sampling_strategy="group_by_length", output_dir="outputs/reward-model", learning_rate=1e-4, logging_steps=10, eval_strategy="epoch",
@@ -371,6 +376,22 @@ class RewardConfig(TrainingArguments):
     dedupe_sequences: bool = field(
         default=True,
         metadata={"help": "Encode a sequence that occurs in several pairs of a batch (rankings of K responses) once."},
+    )
+    micro_batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Most token positions one forward and backward runs (rows x row length, padding included); a "
+            "batch of more runs as several micro-batches whose gradients add up to the batch's (the same pairs, "
+            "the same gradient). Default: chosen from --memory_budget_gb (`reward_trainer.memory`); 0: no bound."
+        },
+    )
+    memory_budget_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak memory the run should keep under (the process's RSS on the CPU, allocated memory on a "
+            "GPU): micro-batches are bounded by it, and gradient checkpointing is turned on when even the longest "
+            "pair would not fit. Default: 90%% of the memory held and free at the start."
+        },
     )
 
     bf16: bool | None = field(

@@ -122,12 +122,14 @@ class Precision:
 
 
 def bf16_slowdown() -> str:
-    """A warning's words for bf16 forced on a CPU that emulates it."""
+    """A warning's words for bf16 forced on a CPU that emulates it, with the slowdown measured now (a short matmul
+    probe in each dtype)."""
     info = cpu_info()
+    fp32, bf16 = (matmul_peak(dtype, size=256, seconds=0.2)[0] for dtype in (torch.float32, torch.bfloat16))
     return (
-        f"this CPU ({info.model}, torch kernels {info.capability}) has no native bf16: bf16 matrix products are "
-        "emulated, tens of times slower than fp32 (use --bf16 false, or leave both flags unset for the automatic "
-        "choice)"
+        f"this CPU ({info.model}, torch kernels {info.capability}) has no native bf16: its bf16 matrix products are "
+        f"emulated, {fp32 / bf16:.0f}x slower than fp32 here (measured); use --bf16 false, or leave --bf16 and "
+        "--fp16 unset for the automatic choice"
     )
 
 

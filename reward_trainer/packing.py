@@ -114,6 +114,24 @@ def pack_trees(trees: list[Tree], capacity: int) -> list[list[Tree]]:
     return rows
 
 
+def _layout(rows: list[dict], pack: bool, pad_to_multiple_of: int | None):
+    """The batch's unique sequences, each pair's chosen and rejected index into them, the rows of trees and the
+    row length."""
+    sequences, chosen, rejected = unique_sequences(rows)
+    trees = [build_tree(members, sequences) for members in sequence_trees(rows, chosen, rejected, len(sequences))]
+    length = max(len(t) for t in trees)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    layout = pack_trees(trees, length) if pack else [[t] for t in trees]
+    return sequences, chosen, rejected, layout, length
+
+
+def prefix_shared_positions(rows: list[dict], pack: bool = True, pad_to_multiple_of: int | None = None) -> int:
+    """Token positions the prefix-shared layout of these pairs runs: rows x row length, padding included."""
+    _, _, _, layout, length = _layout(rows, pack, pad_to_multiple_of)
+    return len(layout) * length
+
+
 def prefix_shared_batch(
     rows: list[dict], pad_token_id: int, pack: bool = True, pad_to_multiple_of: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -123,13 +141,7 @@ def prefix_shared_batch(
     `reward_index` (U,) flat index into R*T of the last token of each unique sequence, and
     `chosen_index`/`rejected_index` (B,) into those U rewards.
     """
-    sequences, chosen, rejected = unique_sequences(rows)
-    trees = [build_tree(members, sequences) for members in sequence_trees(rows, chosen, rejected, len(sequences))]
-    length = max(len(t) for t in trees)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    layout = pack_trees(trees, length) if pack else [[t] for t in trees]
-
+    sequences, chosen, rejected, layout, length = _layout(rows, pack, pad_to_multiple_of)
     n_rows = len(layout)
     input_ids = torch.full((n_rows, length), pad_token_id, dtype=torch.long)  # (R, T)
     position_ids = torch.zeros((n_rows, length), dtype=torch.long)

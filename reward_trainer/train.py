@@ -99,6 +99,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     if training_args.length_projection:  # before evaluation: the metrics are those of the saved head
         train_result.metrics.update(trainer.project_out_length())
     train_result.metrics["precision"] = precision.name
+    if trainer.memory_plan is not None:
+        train_result.metrics["micro_batch_tokens"] = trainer.memory_plan.micro_batch_tokens or 0
+        train_result.metrics["gradient_checkpointing"] = trainer.memory_plan.gradient_checkpointing
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     metrics = {}

@@ -1,13 +1,23 @@
 """`RewardTrainer`: the stock `Trainer` with the reward objectives of `reward_trainer.loss` (`--loss`)."""
 
+import contextlib
+import logging
 import os
 
 import datasets
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
 
-from .collator import INDEX_COLUMNS, PAIR_COLUMNS, RATING_COLUMNS, PrefixSharingCollator, collator_for
+from .collator import (
+    INDEX_COLUMNS,
+    PAIR_COLUMNS,
+    RATING_COLUMNS,
+    RESPONSE_LENGTH_COLUMNS,
+    PrefixSharingCollator,
+    collator_for,
+)
 from .errors import NonFiniteLossError, UsageError
 from .heads import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .length_projection import length_projection
@@ -20,8 +30,11 @@ from .loss import (
     rao_kupper_loss,
     rating_regression_loss,
 )
+from .memory import MemoryPlan, plan_memory
 from .metrics import LABEL_COLUMNS
 from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
+
+logger = logging.getLogger("reward_trainer")
 
 
 def pair_length(row: dict) -> dict[str, int]:
@@ -120,6 +133,69 @@ class RewardTrainer(Trainer):
         if getattr(args, "length_projection", False) and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
             # Refused before training, not after it: the edit writes one row of a head these engines shard.
             raise UsageError("--length_projection runs on one process or under DDP, not under FSDP or DeepSpeed")
+        self.memory_plan = self.plan_micro_batches()
+
+    def plan_micro_batches(self) -> MemoryPlan | None:
+        """Sets the collator's token bound per micro-batch: `--micro_batch_tokens` (0: none), else the one
+        `memory.plan_memory` picks from the memory budget (gradient checkpointing included); logs it."""
+        collator, given = self.data_collator, getattr(self.args, "micro_batch_tokens", 0)
+        if not hasattr(collator, "max_tokens") or not isinstance(self.train_dataset, datasets.Dataset):
+            return None
+        if self.is_deepspeed_enabled:  # its engine steps the optimizer inside a backward at the batch's end
+            if given:
+                raise UsageError("--micro_batch_tokens does not run under DeepSpeed; use its own micro-batch settings")
+            return None
+        if given is not None:
+            collator.max_tokens = given or None
+            return MemoryPlan(collator.max_tokens, self.args.gradient_checkpointing, reason="--micro_batch_tokens")
+        if self.is_fsdp_enabled:
+            logger.info("memory: under FSDP the micro-batch bound is not measured; set --micro_batch_tokens")
+            return None
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        plan = plan_memory(
+            self.model,
+            self.args.device,
+            self.probe_forward,
+            longest_sequence(self.train_dataset),
+            lambda n: collator.positions([{"chosen_ids": [0] * n, "rejected_ids": [1] * n}]),
+            trainable,
+            half_precision=self.args.bf16 or self.args.fp16,
+            budget_gb=self.args.memory_budget_gb,
+            gradient_checkpointing=self.args.gradient_checkpointing,
+            checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        )
+        collator.max_tokens = plan.micro_batch_tokens
+        self.args.gradient_checkpointing = plan.gradient_checkpointing
+        logger.info("memory: micro-batches of at most %s token positions: %s", plan.micro_batch_tokens, plan.reason)
+        return plan
+
+    def probe_forward(self, n: int) -> int:
+        """The training forward on one synthetic pair of two n-token sequences sharing half their tokens, as
+        `memory.plan_memory` measures it; returns the positions it laid out."""
+        vocab = self.model.get_input_embeddings().num_embeddings
+        ids = [(7 * i + 3) % vocab for i in range(n + n // 2)]
+        rows = [{"chosen_ids": ids[:n], "rejected_ids": ids[: n // 2] + ids[n:]}]
+        inputs = self._prepare_inputs(self.data_collator.collate(rows))
+        with self.accelerator.autocast():  # the model is not prepared (its forward not wrapped in autocast) yet
+            self.compute_rewards(self.model, inputs)
+        return self.data_collator.positions(rows)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The stock step, once per micro-batch of a batch cut by `collator.split_by_positions`: each backward adds
+        its part of the gradient (the loss is a sum over pairs divided by the whole batch's weight), and under DDP
+        only the last one synchronizes."""
+        parts = inputs.get("micro_batches")
+        if parts is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        loss = 0
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                loss = loss + super().training_step(model, part, num_items_in_batch)
+        return loss
+
+    def floating_point_ops(self, inputs) -> int:
+        return sum(super(RewardTrainer, self).floating_point_ops(part) for part in micro_batches(inputs))
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -165,16 +241,15 @@ class RewardTrainer(Trainer):
         handle = head.register_forward_hook(lambda module, args, output: args[0])
         self.model.eval()
         try:
-            for inputs in self.get_test_dataloader(self.train_dataset):
-                inputs = self._prepare_inputs(inputs)
+            for batch in self.get_test_dataloader(self.train_dataset):
+                parts = [self._prepare_inputs(part) for part in micro_batches(batch)]
                 with self.autocast_smart_context_manager():
-                    chosen, rejected = self.compute_rewards(self.model, inputs)  # (B, H) each: the head's input
+                    rewards = [self.compute_rewards(self.model, part) for part in parts]  # (B, H): the head's input
+                chosen, rejected = (torch.cat([r[k] for r in rewards]) for k in (0, 1))
+                batch_lengths = [torch.cat([part[key] for part in parts]) for key in RESPONSE_LENGTH_COLUMNS]
                 # Per pair, (B, 2, H) and (B, 2), so that the duplicates filling the last batch are dropped whole.
                 pairs, pair_lengths = self.accelerator.gather_for_metrics(
-                    (
-                        torch.stack([chosen, rejected], 1).float(),
-                        torch.stack([inputs["chosen_length"], inputs["rejected_length"]], 1),
-                    )
+                    (torch.stack([chosen, rejected], 1).float(), torch.stack(batch_lengths, 1))
                 )
                 features.append(pairs.flatten(0, 1).cpu())
                 lengths.append(pair_lengths.flatten().cpu())
@@ -267,13 +342,26 @@ class RewardTrainer(Trainer):
         return optimizer
 
     def _get_num_items_in_batch(self, batch_samples, device):
-        weights = [batch["weight"].sum() if "weight" in batch else num_pairs(batch) for batch in batch_samples]
+        weights = [batch_weight(part) for batch in batch_samples for part in micro_batches(batch)]
         num_items = torch.as_tensor(sum(float(w) for w in weights), device=device)
         if self.args.world_size > 1:
             num_items = self.accelerator.gather(num_items).sum()
         return num_items
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        parts = inputs.get("micro_batches")
+        if parts is None:
+            return self.predict_part(model, inputs, prediction_loss_only)
+        # A batch cut into micro-batches: their rows in order, and the loss weighted by each one's pairs.
+        outputs = [self.predict_part(model, part, prediction_loss_only) for part in parts]
+        weights = torch.tensor([float(batch_weight(part)) for part in parts])
+        loss = sum(out[0].float().cpu() * w for out, w in zip(outputs, weights)) / weights.sum().clamp_min(1e-12)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, torch.cat([out[1] for out in outputs]), torch.cat([out[2] for out in outputs])
+
+    def predict_part(self, model, inputs, prediction_loss_only):
+        """`prediction_step` of one batch that is not cut into micro-batches."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, (chosen, rejected) = self.compute_loss(model, inputs, return_outputs=True)
@@ -325,6 +413,29 @@ def response_lengths(row: dict) -> dict[str, int]:
 
 def num_pairs(batch: dict[str, torch.Tensor]) -> int:
     return len(batch["chosen_index"]) if "chosen_index" in batch else batch["input_ids"].shape[0] // 2
+
+
+def batch_weight(batch: dict[str, torch.Tensor]):
+    """The weight of a collated batch in the loss's denominator: its pairs' weights, or its number of pairs."""
+    return batch["weight"].sum() if "weight" in batch else num_pairs(batch)
+
+
+def micro_batches(batch: dict) -> list[dict]:
+    """The micro-batches of a collated batch (`collator.split_by_positions`), or the batch itself."""
+    return batch.get("micro_batches") or [batch]
+
+
+def longest_sequence(dataset: datasets.Dataset) -> int:
+    """Tokens of the longest sequence of a training set of pairs or ranking items."""
+    longest = 0
+    for table in dataset.with_format("arrow").iter(batch_size=10_000):
+        for column in ("chosen_ids", "rejected_ids", "ranking_ids"):
+            if column in table.column_names:
+                values = table[column]
+                if column == "ranking_ids":
+                    values = pc.list_flatten(values)
+                longest = max(longest, pc.max(pc.list_value_length(values)).as_py() or 0)
+    return longest
 
 
 def ranking_losses(chosen, rejected, inputs) -> tuple[torch.Tensor, torch.Tensor]:

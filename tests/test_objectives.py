@@ -95,6 +95,9 @@ def first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None
     collator = collator(tokenizer.pad_token_id) if collator else None
     trainer = RewardTrainer(model=model, args=args, train_dataset=data.train.select(range(8)),
                             data_collator=collator, callbacks=[capture(model)])  # fmt: skip
+    if args.micro_batch_tokens:  # the bound really cuts the batch
+        parts = trainer.data_collator([data.train[i] for i in range(8)])["micro_batches"]
+        assert len(parts) >= 3
     trainer.train()
     return capture.grads
 
@@ -126,6 +129,21 @@ def test_gradient_accumulation_is_exact(tmp_path, kind, config):
         assert TIE_PARAMETER in full and full[TIE_PARAMETER].abs() > 0
     if config.get("length_debias") or kind == "ratings":
         assert full["score.weight"].shape[0] == 2  # a length head, or two attributes
+
+
+@pytest.mark.parametrize(
+    "kind, config",
+    [("ties", {"loss": "bt_ties"}), ("rankings", {"loss": "plackett_luce"}), ("ties", {"prefix_sharing": False}),
+     ("ratings", {"loss": "bt_ties", "regression_weight": 0.5})],
+    ids=["bt_ties", "plackett_luce", "plain_padding", "attributes"],
+)  # fmt: skip
+def test_micro_batches_give_the_batch_gradient(tmp_path, kind, config):
+    """A batch of 8 cut into micro-batches of at most 40 token positions (3 to 8 of them) gives the gradient of
+    the whole batch: the same terms summed in another order (float32: a few ulps)."""
+    data = write_rows(tmp_path / f"{kind}.jsonl", kind)
+    whole = first_step_gradients(tmp_path, data, 8, 1, micro_batch_tokens=0, **config)
+    cut = first_step_gradients(tmp_path, data, 8, 1, micro_batch_tokens=40, **config)
+    assert_same_gradients(whole, cut)
 
 
 def test_plackett_luce_is_exact_with_the_plain_and_deduplicating_collators(tmp_path):
