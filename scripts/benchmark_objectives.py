@@ -51,7 +51,7 @@ BACKBONE = {
 
 
 def hh_rows(shared: str) -> list[dict]:
-    from reward_trainer.data.formats import split_implicit_prompt
+    from reward_trainer.chat import split_implicit_prompt
 
     with gzip.open(os.path.join(shared, HH), "rt", encoding="utf-8") as f:
         split = [split_implicit_prompt(row["chosen"], row["rejected"]) for row in map(json.loads, f)]

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
-from ..chat import chat_template_of, renders_implicit_prompt_with_template
+from ..chat import chat_template_of, renders_implicit_prompt_with_template, split_implicit_prompt
 from ..config import DataArguments
 from ..errors import DataError
 from .formats import (
@@ -55,7 +55,6 @@ from .formats import (
     indices_where,
     normalize,
     resolve_format,
-    split_implicit_prompt,
 )
 from .pairs import encode_subsets, expand_pairs, expand_rankings, is_tie
 from .sources import display_name, parse_sources, read_source, subset_names
