@@ -89,7 +89,7 @@ def timed(fn):
 
 
 def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[str], list[str]]:
-    """Distinct HH-RLHF prompts (up to the last "\n\nAssistant:") no longer than `max_prompt_chars`, and every
+    """Distinct HH-RLHF prompts (up to the last "\\n\\nAssistant:") no longer than `max_prompt_chars`, and every
     final response of the file (chosen and rejected)."""
     from reward_trainer.chat import split_implicit_prompt
 

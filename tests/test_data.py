@@ -20,7 +20,7 @@ from reward_trainer.data.formats import detect_format, prompt_bucket
 from reward_trainer.data.tokenizing import truncate_keep_end
 from reward_trainer.errors import DataError
 
-BUCKETS = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
+BUCKETS = ("kept", "truncated", "filtered", "ties", "single_responses", "skipped", "unused")
 
 
 @pytest.fixture(scope="module")
