@@ -21,7 +21,8 @@ The same code serves `compute_metrics` during training (lengths there are in tok
 - tie_log_likelihood / win_log_likelihood (a model trained with ties, `--loss bt_ties`): mean log-probability,
   under Rao-Kupper with the model's theta, of the annotated ties / of the chosen response winning the other pairs.
 - rmse / rating_pearson / rating_spearman per attribute (ratings): predicted against annotated ratings of the
-  responses of the pairs (a response in several pairs counts in each), missing ratings left out.
+  responses of the pairs (a response in several pairs counts in each, a single response once), missing ratings
+  left out.
 - kendall_tau / spearman_rho (ranked data, K > 2 responses per prompt): tau-b and rho between the model's
   rewards and the human scores of one prompt's responses, averaged over prompts.
 """
@@ -320,8 +321,9 @@ def compute_metrics(
             metrics[f"accuracy/{name}"] = sub["accuracy"]
     places = ("group", "chosen_response", "rejected_response")
     if all(key in pair for key in places):
+        ranked = human_tie <= 0 if human_tie is not None else np.ones(len(chosen), dtype=bool)  # a tie orders nothing
         model_scores, human_scores = rankings_from_pairs(
-            chosen, rejected, *(pair[key].astype(np.int64) for key in places)
+            chosen[ranked], rejected[ranked], *(pair[key][ranked].astype(np.int64) for key in places)
         )
         if model_scores:  # some prompt has more than two responses
             metrics |= ranking_correlation(model_scores, human_scores)
@@ -329,8 +331,6 @@ def compute_metrics(
 
 
 def _subset_name(index: int, subsets: Sequence[str] | None) -> str:
-    if index < 0:
-        return "(none)"
     name = subsets[index] if subsets is not None else str(index)
     return name or "(none)"
 

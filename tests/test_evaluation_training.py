@@ -49,6 +49,17 @@ def test_compute_metrics_per_subset_and_rankings_on_handmade_pairs():
     assert plain["accuracy"] == m["accuracy"]
 
 
+def test_a_tie_of_three_responses_is_not_a_ranking_and_a_single_response_no_pair():
+    """Prompt 0: three responses the annotators tied (its three pairs, `tie` 1): they order nothing, so no ranking
+    metric; prompt 1: one response, a pair of itself (places (0, 0)): counted, and in no pairwise metric."""
+    columns = {"chosen": np.array([1.0, 2.0, 3.0, 5.0]), "rejected": np.array([0.0, 1.0, 2.0, 5.0])}
+    labels = {"tie": np.array([1, 1, 1, 0]), "group": np.array([0, 0, 0, 1]),
+              "chosen_response": np.array([0, 0, 1, 0]), "rejected_response": np.array([1, 2, 2, 0])}  # fmt: skip
+    m = compute_metrics(EvalPrediction(predictions=columns, label_ids=labels))
+    assert "kendall_tau" not in m and m["num_pairs"] == 3 and m["single_responses"] == 1
+    assert m["accuracy"] == 0.5 and m["tie_rate"] == 0.0  # annotated ties count 0.5; the single response is no tie
+
+
 def test_label_columns_are_read_by_name():
     """The columns' order means nothing, an absent one is an absent metric, and an unknown name is an error: a
     column added on one side cannot be read as another one on the other."""
