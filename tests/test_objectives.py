@@ -272,11 +272,14 @@ def step_losses(checkpoint) -> dict[int, float]:
 @pytest.mark.parametrize(
     "kind, config",
     [("ties", ["--loss", "bt_ties", "--length_debias", "true", "--length_correlation_weight", "0"]),
-     ("rankings", ["--loss", "plackett_luce"])],
-    ids=["bt_ties_length_debias", "plackett_luce"],
+     ("rankings", ["--loss", "plackett_luce"]),
+     ("ratings_scattered", ["--loss", "regression", "--attributes", "helpfulness", "correctness", "--eval_fraction",
+                            "0.3", "--per_device_eval_batch_size", "3"])],
+    ids=["bt_ties_length_debias", "plackett_luce", "regression_single_responses"],
 )  # fmt: skip
 def test_two_processes_match_one_process(tmp_path, kind, config):
-    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms)."""
+    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms); with
+    evaluation (ratings: the attributes' columns, single responses), the same metrics from the gathered columns."""
     import os
     import subprocess
     import sys
@@ -300,6 +303,22 @@ def test_two_processes_match_one_process(tmp_path, kind, config):
     losses_one, losses_two = (step_losses(tmp_path / name / "checkpoint-4") for name in ("one", "two"))
     assert sorted(losses_two) == [1, 2, 3, 4]
     np.testing.assert_allclose([losses_two[s] for s in range(1, 5)], [losses_one[s] for s in range(1, 5)], atol=1e-4)
+    if "--eval_fraction" in config:
+        metrics_one, metrics_two = (
+            json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("one", "two")
+        )
+        report = json.loads((tmp_path / "one" / "data_report.json").read_text())
+        assert metrics_two["eval_num_pairs"] == metrics_one["eval_num_pairs"]
+        assert metrics_two["eval_single_responses"] == metrics_one["eval_single_responses"] > 0
+        assert metrics_one["eval_num_pairs"] + metrics_one["eval_single_responses"] == report["eval_pairs"]
+        assert report["eval_pairs"] % 6 != 0  # 2 processes x batch 3 pad the last batch: duplicates would show
+        for key in (
+            "eval_accuracy",
+            "eval_rmse/helpfulness",
+            "eval_rmse/correctness",
+            "eval_rating_pearson/helpfulness",
+        ):
+            assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-4), key
 
 
 @pytest.mark.slow
