@@ -16,27 +16,30 @@ import json
 import logging
 import math
 import os
-import re
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .chat import parse_implicit_conversation, renders_implicit_prompt_with_template
+from .chat import (
+    hh_messages,
+    parse_implicit_conversation,
+    renders_implicit_prompt_with_template,
+    split_implicit_prompt,
+)
 from .config import BestOfNArguments
 from .errors import DataError, UsageError
 from .metrics import best_of_n_kl, best_of_n_rewards, spearman
 
 logger = logging.getLogger(__name__)
 RESULT_JSON, PLOT_PNG, SAMPLES_JSONL = "best_of_n.json", "best_of_n.png", "samples.jsonl"
-HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def heldout_prompts(args: BestOfNArguments) -> list[str]:
     """The first `num_prompts` distinct prompts of the file that training held out (same hash, same seed)."""
     from datasets import load_dataset
 
-    from .data.formats import prompt_bucket, split_implicit_prompt
+    from .data.formats import prompt_bucket
 
     if not os.path.isfile(args.dataset_name):
         raise UsageError(f"prompt file {args.dataset_name!r} does not exist")
@@ -61,14 +64,6 @@ def heldout_prompts(args: BestOfNArguments) -> list[str]:
     if not prompts:
         raise DataError(f"{args.dataset_name}: no held-out prompt (heldout_fraction {args.heldout_fraction})")
     return list(prompts)
-
-
-def hh_messages(prompt: str) -> list[dict] | None:
-    """An HH-RLHF prompt ("\\n\\nHuman: ...\\n\\nAssistant:") as chat messages, or None if it is not one."""
-    parts = HH_TURN.split(prompt)
-    if len(parts) < 3 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
-        return None
-    return parse_implicit_conversation(prompt)[:-1]  # less the open assistant turn
 
 
 def load_policy(args: BestOfNArguments):

@@ -3,9 +3,11 @@
 Training (conversational data) and scoring (`RewardScorer.score_conversations`) render messages the same way:
 with the tokenizer's own chat template, else `DEFAULT_CHAT_TEMPLATE`, "role: content" turns separated by blank lines.
 
-Implicit-prompt conversations (HH-RLHF: "\\n\\nHuman: ...\\n\\nAssistant: ...") are plain text. With
-`implicit_prompt_rendering` "chat_template" (or "auto" and a tokenizer with a template) they are parsed into
-messages (`parse_implicit_conversation`) and rendered with the template, so an instruct model sees its own format.
+Implicit-prompt conversations (HH-RLHF: "\\n\\nHuman: ...\\n\\nAssistant: ...") are plain text, and this module
+is the one place that reads them: `parse_implicit_conversation` (turns as messages), `hh_messages` (a prompt that
+ends with an open assistant turn, as the messages before it) and `split_implicit_prompt` (a pair's shared prompt
+and its two responses). With `implicit_prompt_rendering` "chat_template" (or "auto" and a tokenizer with a
+template) they are parsed into messages and rendered with the template, so an instruct model sees its own format.
 
 Where the reward is read: the tokenizer `reward_trainer.loading` prepares appends EOS to every text, the
 rendered chat text included, so a conversation ends with the template's end-of-turn text and then that EOS:
@@ -15,8 +17,12 @@ Any path that tokenizes the rendered text with the saved tokenizer (training, `R
 `apply_chat_template(..., tokenize=True)`: it adds no special tokens, so its ids lack the EOS.
 """
 
+import re
+
 HUMAN_MARKER = "\n\nHuman:"
 ASSISTANT_MARKER = "\n\nAssistant:"  # HH-RLHF: the prompt ends with the last assistant turn's marker
+HH_ROLES = {HUMAN_MARKER: "user", ASSISTANT_MARKER: "assistant"}
+HH_TURN = re.compile("(" + "|".join(map(re.escape, HH_ROLES)) + ")")  # either marker; the group is the marker
 IMPLICIT_PROMPT_RENDERINGS = ("auto", "raw", "chat_template")
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -61,22 +67,59 @@ def split_rendered_prompt(
 
 def parse_implicit_conversation(text: str) -> list[dict]:
     """HH-RLHF text -> messages: each "\\n\\nHuman:" turn is a `user` message, each "\\n\\nAssistant:" turn an
-    `assistant` one, content stripped of surrounding whitespace. Text before the first marker, if any, is a
-    `user` message of its own.
+    `assistant` one, content stripped of surrounding whitespace (an empty turn is an empty message). Text before
+    the first marker, if any, is a `user` message of its own.
 
     >>> parse_implicit_conversation("\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: bye\\n\\nAssistant:")
     [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}, {'role': 'user', 'content': 'bye'}, {'role': 'assistant', 'content': ''}]
     """
-    markers = ((HUMAN_MARKER, "user"), (ASSISTANT_MARKER, "assistant"))
-    messages, role, start, position = [], "user", 0, 0
-    while True:
-        found = [(text.find(marker, position), marker, r) for marker, r in markers]
-        found = [f for f in found if f[0] >= 0]
-        end = min(found)[0] if found else len(text)
-        content = text[start:end].strip()
-        if content or (messages or start > 0):
-            messages.append({"role": role, "content": content})
-        if not found:
-            return messages
-        end, marker, role = min(found)
-        start = position = end + len(marker)
+    preamble, *turns = HH_TURN.split(text)  # preamble, marker, text, marker, text, ...
+    messages = [{"role": "user", "content": preamble.strip()}] if preamble.strip() else []
+    return messages + [
+        {"role": HH_ROLES[marker], "content": content.strip()} for marker, content in zip(turns[::2], turns[1::2])
+    ]
+
+
+def hh_messages(prompt: str) -> list[dict] | None:
+    """An HH-RLHF prompt ("\\n\\nHuman: ...\\n\\nAssistant:", nothing before its first marker or after its last,
+    which is the assistant's) as the messages before its open assistant turn; None if it is not one.
+
+    >>> hh_messages("\\n\\nHuman: hi\\n\\nAssistant:"), hh_messages("cat?\\nanswer:")
+    ([{'role': 'user', 'content': 'hi'}], None)
+    """
+    parts = HH_TURN.split(prompt)
+    if len(parts) < 3 or parts[0].strip() or parts[-2] != ASSISTANT_MARKER or parts[-1].strip():
+        return None
+    return parse_implicit_conversation(prompt)[:-1]  # less the open assistant turn
+
+
+def writes_human_turn(response: str) -> bool:
+    """Whether a response (the text after a prompt's last marker) goes on to write the human's next turn: a sample
+    that continued the conversation, or a pair whose conversations differ before their final turn."""
+    return HUMAN_MARKER in response
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    """Length of the longest common prefix: a binary search over slices compared in C (`os.path.commonprefix`
+    compares character by character in Python, the slowest step of reading HH-RLHF)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of two whole conversations.
+
+    The prompt is the shared text up to and including the last "\\n\\nAssistant:" that both share; when the
+    conversations differ before their final turn, the responses are the differing remainders (several
+    turns), so `prompt + response` is still exactly each original conversation. With no shared marker the prompt
+    is "" and the responses are the whole texts.
+    """
+    cut = chosen.rfind(ASSISTANT_MARKER, 0, common_prefix_length(chosen, rejected))
+    cut = 0 if cut < 0 else cut + len(ASSISTANT_MARKER)
+    return chosen[:cut], chosen[cut:], rejected[cut:]

@@ -13,6 +13,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from . import hardware
 from .hardware import Precision
+from .loss import DEFAULT_LOSS, OBJECTIVES
 
 logger = logging.getLogger("reward_trainer")
 
@@ -288,12 +289,12 @@ class RewardConfig(TrainingArguments):
         },
     )
     loss: str = field(
-        default="bradley_terry",
+        default=DEFAULT_LOSS,
         metadata={
-            "help": "The objective: `bradley_terry` (pairs), `bt_ties` (Rao-Kupper: annotated ties in the loss), "
-            "`plackett_luce` (the likelihood of each prompt's full ranking, every response encoded once), "
-            "`regression` (squared error on ratings, the `ratings` format).",
-            "choices": ["bradley_terry", "bt_ties", "plackett_luce", "regression"],
+            "help": "The objective (`reward_trainer.loss.OBJECTIVES`): "
+            + "; ".join(f"`{o.name}`, {o.description}" for o in OBJECTIVES.values())
+            + ".",
+            "choices": list(OBJECTIVES),
         },
     )
     regression_weight: float = field(
@@ -418,14 +419,16 @@ class RewardConfig(TrainingArguments):
             self.use_cpu = True
         self.precision = self.resolve_precision()
         super().__post_init__()
-        if self.tie_theta is not None and (self.loss != "bt_ties" or not self.tie_theta > 1):
-            raise ValueError(f"--tie_theta needs --loss bt_ties and a value > 1, got {self.tie_theta}")
-        if self.length_debias and self.loss not in ("bradley_terry", "bt_ties"):
-            raise ValueError(f"--length_debias works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}")
-        if self.length_projection and self.loss not in ("bradley_terry", "bt_ties"):
-            raise ValueError(
-                f"--length_projection works with a pairwise loss (bradley_terry, bt_ties), not {self.loss}"
-            )
+        if self.loss not in OBJECTIVES:
+            raise ValueError(f"--loss must be one of {', '.join(OBJECTIVES)}, got {self.loss!r}")
+        objective = OBJECTIVES[self.loss]
+        if self.tie_theta is not None and (not objective.ties_in_loss or not self.tie_theta > 1):
+            with_ties = " or ".join(o.name for o in OBJECTIVES.values() if o.ties_in_loss)
+            raise ValueError(f"--tie_theta needs --loss {with_ties} and a value > 1, got {self.tie_theta}")
+        for flag in ("length_debias", "length_projection"):
+            if getattr(self, flag) and not objective.length_terms:
+                pairwise = ", ".join(o.name for o in OBJECTIVES.values() if o.length_terms)
+                raise ValueError(f"--{flag} works with a pairwise loss ({pairwise}), not {self.loss}")
         if self.length_debias and self.train_sampling_strategy == "group_by_length":
             # The length term's correlations are taken over each micro-batch: in batches of pairs sorted by
             # length they would see little of it, and a reward could follow length from batch to batch freely.
@@ -501,6 +504,14 @@ class EvaluateArguments:
         },
     )
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each dataset."})
+    attributes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rating columns of a `ratings` file (as `train --attributes`): a prompt's responses are compared "
+            "by their mean rating, and a prompt with a single response is counted (`single_responses`), not scored. "
+            "Default: one column `rating`."
+        },
+    )
     max_length: int | None = field(
         default=None,
         metadata={

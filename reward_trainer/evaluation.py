@@ -27,12 +27,16 @@ def read_texts(
 
     Returns pair columns `prompt`, `chosen`, `rejected`, `tie` and `subset`; rankings (rows of more than two
     responses) as `{"prompt", "responses", "scores"}`; and the row accounting (`input_rows`, `skipped`,
-    `skipped_rows`, `empty_responses`). The whole `args.split` of each source is read (its first `args.max_samples` rows, if set);
-    the subset of a row is its `source`/`subset` field, else, with several sources, its source. Implicit-prompt
-    (HH) text is rendered as `implicit_prompt_rendering` says (see `DataArguments`).
+    `skipped_rows`, `empty_responses`, and `single_responses`: rows of prompts with one response, the `ratings`
+    format, which have nothing to be compared with and are not scored). The whole `args.split` of each source is
+    read (its first `args.max_samples` rows, if set); the subset of a row is its `source`/`subset` field, else, with
+    several sources, its source. Implicit-prompt (HH) text is rendered as `implicit_prompt_rendering` says (see
+    `DataArguments`); a `ratings` file's responses are ordered by their mean rating over `args.attributes`, as
+    training orders them.
     """
     pairs = {"prompt": [], "chosen": [], "rejected": [], "tie": [], "subset": []}
-    rankings, accounting = [], {"input_rows": 0, "skipped": 0, "skipped_rows": [], "empty_responses": 0}
+    rankings = []
+    accounting = {"input_rows": 0, "skipped": 0, "skipped_rows": [], "empty_responses": 0, "single_responses": 0}
     subsets = subset_names(list(names))
     for name in names:
         data_args = DataArguments(
@@ -41,6 +45,7 @@ def read_texts(
             eval_split="",
             on_bad_row=args.on_bad_row,
             implicit_prompt_rendering=implicit_prompt_rendering,
+            attributes=args.attributes,
         )
         _, splits = read_rows(name, data_args, tokenizer, args.seed, accounting, subset=subsets[name])
         rows = splits["train"]
@@ -49,6 +54,7 @@ def read_texts(
         for row in rows.select_columns(["prompt", "responses", "scores", "subset"]):
             responses, scores = row["responses"], row["scores"]
             if len(responses) < 2:  # a prompt with one rated response (the ratings format): nothing to compare
+                accounting["single_responses"] += 1
                 continue
             if len(responses) > 2:
                 rankings.append({"prompt": row["prompt"], "responses": responses, "scores": scores})
@@ -80,7 +86,8 @@ def evaluate_model(args: EvaluateArguments) -> dict:
     rendering = getattr(model.config, "implicit_prompt_rendering", "auto")
     pairs, rankings, accounting = read_texts(names, args, tokenizer, rendering)
     if not pairs["chosen"] and not rankings:
-        raise DataError(f"{', '.join(names)}: no rows to evaluate")
+        single = f" (single responses: {accounting['single_responses']})" if accounting["single_responses"] else ""
+        raise DataError(f"{', '.join(names)}: no pairs or rankings to evaluate{single}")
 
     n = len(pairs["chosen"])
     texts = [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])] + [

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import ModelArguments
 from .errors import ModelLoadError
+from .loss import OBJECTIVES
 
 
 def add_lora(model: PreTrainedModel, model_args: ModelArguments):
@@ -89,9 +90,9 @@ def _set_head_outputs(inner, outputs: int) -> None:
 def prepare_objective(model, args, attributes: list[str] | None = None) -> None:
     """Adds what the objective of `args` (a `RewardConfig`) trains besides the reward head, in place; idempotent.
 
-    `length_debias`: the head gets a second output, the length reward (ODIN); `loss="bt_ties"` without a fixed
-    `tie_theta`: a learned tie parameter `reward_tie_log_alpha` on the model (theta = exp(exp(it)), from 2);
-    `attributes` (rating columns): one output per attribute, named in `config.id2label`, and
+    `length_debias`: the head gets a second output, the length reward (ODIN); a loss with ties in it (`bt_ties`)
+    without a fixed `tie_theta`: a learned tie parameter `reward_tie_log_alpha` on the model (theta = exp(exp(it)),
+    from 2); `attributes` (rating columns): one output per attribute, named in `config.id2label`, and
     `config.attribute_weights`. The first two are parameters of the model, so DDP, checkpoints and resume carry
     them; `export_reward_model` turns the model back into a plain reward model. Call it before `add_lora` (the
     head is replaced).
@@ -115,7 +116,7 @@ def prepare_objective(model, args, attributes: list[str] | None = None) -> None:
         if len(weights) != len(attributes):
             raise ModelLoadError(f"--attribute_weights has {len(weights)} values for {len(attributes)} attributes")
         inner.config.attribute_weights = [float(w) for w in weights]
-    if args.loss == "bt_ties" and args.tie_theta is None:
+    if OBJECTIVES[args.loss].ties_in_loss and args.tie_theta is None:
         if not hasattr(inner, TIE_PARAMETER):
             start = torch.tensor(math.log(math.log(2.0)), device=inner.device)
             inner.register_parameter(TIE_PARAMETER, torch.nn.Parameter(start))

@@ -12,26 +12,27 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-TAGS = ["reward-model", "reward-trainer", "bradley-terry", "rlhf"]
+from .loss import DEFAULT_LOSS, OBJECTIVES, Objective
+
+TAGS = ["reward-model", "reward-trainer", "rlhf"]  # and the objective's own (`loss.OBJECTIVES`)
 
 CARD_BODY = """
 # {model_name}
 
 A reward model: it reads a prompt followed by a response and returns one scalar, higher for the response
-people prefer. Trained with the Bradley-Terry loss by `reward_trainer`, starting from `{base_model}`,
-on the preference pairs of `{dataset}`.
-
+people prefer. Trained by `reward_trainer`, starting from `{base_model}`, on `{dataset}`, with {objective}.
+{attributes}
 **Pairwise eval accuracy: {accuracy}** (share of held-out pairs where the chosen response outscores the
 rejected one; ties count 0.5).
 
 ## Usage
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+{imports}from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")
 tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0].item()
+{reward_line}
 ```
 
 ## Training command
@@ -40,6 +41,11 @@ reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0]
 {command}
 ```
 """
+ONE_REWARD = 'reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0].item()'
+WEIGHTED_REWARD = (
+    'outputs = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0]  # one per attribute\n'
+    "reward = (outputs @ torch.tensor(model.config.attribute_weights)).item()"
+)
 
 
 def training_command(argv: list[str] | None = None) -> str:
@@ -69,8 +75,13 @@ def model_card(
     dataset: str,
     eval_accuracy: float | None,
     command: str,
+    loss: str = DEFAULT_LOSS,
+    attribute_weights: dict[str, float] | None = None,
+    regression_weight: float = 0.0,
 ) -> ModelCard:
-    """A card with YAML metadata (base model and datasets where they are Hub ids, tags, eval accuracy)."""
+    """A card with YAML metadata (base model and datasets where they are Hub ids, tags, eval accuracy) that names
+    the objective `loss` (`loss.OBJECTIVES`) and, for ratings, the attributes and their weights in the reward."""
+    objective = OBJECTIVES[loss]
     model_name = repo_id.split("/")[-1]
     eval_results = None
     if eval_accuracy is not None:
@@ -90,12 +101,16 @@ def model_card(
         datasets=[dataset] if is_hub_id(dataset) else None,
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=TAGS,
+        tags=[*TAGS, objective.tag],
         model_name=model_name,
         eval_results=eval_results,
     )
     body = CARD_BODY.format(
         model_name=model_name,
+        objective=objective_phrase(objective, attribute_weights, regression_weight),
+        attributes=attributes_paragraph(attribute_weights),
+        imports="import torch\n" if attribute_weights else "",
+        reward_line=WEIGHTED_REWARD if attribute_weights else ONE_REWARD,
         base_model=base_model,
         dataset=dataset,
         accuracy="not measured" if eval_accuracy is None else f"{eval_accuracy:.4f}",
@@ -103,3 +118,26 @@ def model_card(
         command=command,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def objective_phrase(objective: Objective, attribute_weights: dict | None, regression_weight: float) -> str:
+    """What the model was trained with, for "Trained with ...": the objective's description; with ratings and a
+    pairwise objective, applied to each attribute, plus the squared error when `regression_weight` adds it."""
+    if not attribute_weights or objective.data == "ratings":
+        return objective.description
+    phrase = f"{objective.description}, applied to each attribute (pairs ordered by that attribute's ratings)"
+    return phrase + (
+        f", plus {regression_weight:g} times the squared error on the ratings" if regression_weight else ""
+    )
+
+
+def attributes_paragraph(attribute_weights: dict[str, float] | None) -> str:
+    """For a model of several rated attributes: its outputs and how the reward weighs them; else nothing."""
+    if not attribute_weights:
+        return ""
+    names = ", ".join(f"`{name}`" for name in attribute_weights)
+    total = " + ".join(f"{weight:g} x {name}" for name, weight in attribute_weights.items())
+    return (
+        f"\nIt has one output per rated attribute ({names}; `config.id2label`), and the reward is their weighted sum "
+        f"(`config.attribute_weights`): {total}.\n"
+    )

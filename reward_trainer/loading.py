@@ -21,7 +21,13 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .config import BUILTIN_MODEL, ModelArguments
 from .errors import ModelLoadError
@@ -79,9 +85,14 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
             trust_remote_code=model_args.trust_remote_code,
         )
         dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+        config = AutoConfig.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        )
+        # One output, the reward; a model of rated attributes (`heads.prepare_objective`) keeps one per attribute.
+        num_labels = config.num_labels if getattr(config, "attribute_weights", None) else 1
         model = AutoModelForSequenceClassification.from_pretrained(
             name,
-            num_labels=1,
+            num_labels=num_labels,
             revision=model_args.model_revision,
             trust_remote_code=model_args.trust_remote_code,
             use_safetensors=True,

@@ -7,14 +7,17 @@
 - `rating_regression_loss`, `attribute_pairwise_loss`: ratings of A attributes, one reward output each.
 - `length_decorrelation_loss`, `orthogonality_loss`: ODIN (Chen et al. 2024), a quality head decorrelated from
   length and a length head that carries it.
+
+`OBJECTIVES` is the table of `--loss` choices: what each one trains on and what goes with it. Configuration,
+data loading, the trainer and the model card read it; no other module names an objective.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-LOSSES = ("bradley_terry", "bt_ties", "plackett_luce", "regression")
 
 
 def bradley_terry_loss(
@@ -134,3 +137,67 @@ def attribute_pairwise_loss(
         losses = rao_kupper_loss(winner, loser, (gap == 0).float(), alpha)
     losses = torch.where(used, losses, torch.zeros_like(losses))
     return losses.sum(-1) / used.sum(-1).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One `--loss` choice.
+
+    `data`: what it trains on: "pairs" (with ratings: pairs of each attribute, ordered by its ratings), "rankings"
+    (each prompt's responses batched whole) or "ratings" (each response's own ratings: a prompt with a single
+    response is trained on). `ties_in_loss`: annotated ties are trained on (a tie parameter theta), not left out.
+    `length_terms`: `--length_debias` / `--length_projection` apply. `loss`: the pure function above that computes
+    it. `description`: a phrase for `--help` and the model card ("Trained with <description>"); `tag`: the Hub tag.
+    """
+
+    name: str
+    data: str
+    ties_in_loss: bool
+    length_terms: bool
+    loss: Callable[..., torch.Tensor]
+    description: str
+    tag: str
+
+
+DEFAULT_LOSS = "bradley_terry"
+OBJECTIVES = {
+    objective.name: objective
+    for objective in (
+        Objective(
+            "bradley_terry",
+            data="pairs",
+            ties_in_loss=False,
+            length_terms=True,
+            loss=bradley_terry_loss,
+            description="the Bradley-Terry loss on preference pairs (annotated ties left out)",
+            tag="bradley-terry",
+        ),
+        Objective(
+            "bt_ties",
+            data="pairs",
+            ties_in_loss=True,
+            length_terms=True,
+            loss=rao_kupper_loss,
+            description="the Rao-Kupper loss (Bradley-Terry with ties) on preference pairs, annotated ties included",
+            tag="rao-kupper",
+        ),
+        Objective(
+            "plackett_luce",
+            data="rankings",
+            ties_in_loss=False,
+            length_terms=False,
+            loss=plackett_luce_loss,
+            description="the Plackett-Luce loss on each prompt's whole ranking (for two responses, Bradley-Terry)",
+            tag="plackett-luce",
+        ),
+        Objective(
+            "regression",
+            data="ratings",
+            ties_in_loss=False,
+            length_terms=False,
+            loss=rating_regression_loss,
+            description="a squared error on each response's ratings (the `ratings` format)",
+            tag="rating-regression",
+        ),
+    )
+}

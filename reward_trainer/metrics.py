@@ -21,24 +21,31 @@ The same code serves `compute_metrics` during training (lengths there are in tok
 - tie_log_likelihood / win_log_likelihood (a model trained with ties, `--loss bt_ties`): mean log-probability,
   under Rao-Kupper with the model's theta, of the annotated ties / of the chosen response winning the other pairs.
 - rmse / rating_pearson / rating_spearman per attribute (ratings): predicted against annotated ratings of the
-  responses of the pairs (a response in several pairs counts in each), missing ratings left out.
+  responses of the pairs (a response in several pairs counts in each, a single response once), missing ratings
+  left out.
 - kendall_tau / spearman_rho (ranked data, K > 2 responses per prompt): tau-b and rho between the model's
   rewards and the human scores of one prompt's responses, averaged over prompts.
 """
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import special, stats
 from transformers import EvalPrediction
 
 N_BINS = 10
-# The label columns of `RewardTrainer.prediction_step`, in order, for `compute_metrics`; -1 where the data has none:
-# the human tie, the response lengths in tokens after the shared prompt, the prompt (`group`), the subset id and
-# each response's place in its row.
-LABEL_COLUMNS = ("tie", "chosen_length", "rejected_length", "group", "subset", "chosen_response", "rejected_response")
+# The named columns `RewardTrainer.prediction_step` returns and `compute_metrics` reads, (N,) each or (N, A) with A
+# rated attributes. Predictions: the rewards of chosen and rejected, the tie parameter alpha = log(theta) of a loss
+# with ties, each attribute's rewards. Labels: the annotators' tie, the response lengths in tokens after the shared
+# prompt, the prompt (`group`), the subset id, each response's place in its row (equal places: a single response,
+# paired with itself), each response's ratings (NaN: missing).
+PREDICTION_COLUMNS = ("chosen", "rejected", "tie_alpha", "chosen_attributes", "rejected_attributes")
+LABEL_COLUMNS = (
+    "tie", "chosen_length", "rejected_length", "group", "subset", "chosen_response", "rejected_response",
+    "chosen_ratings", "rejected_ratings",
+)  # fmt: skip
 
 
 def pair_correctness(chosen: np.ndarray, rejected: np.ndarray, human_tie: np.ndarray | None = None) -> np.ndarray:
@@ -254,57 +261,69 @@ def compute_metrics(
     eval_pred: EvalPrediction, subsets: Sequence[str] | None = None, attributes: Sequence[str] | None = None
 ) -> dict[str, float]:
     """Accuracy (ties 0.5) and its bootstrap 95% interval, tie rate, ECE, length bias, reward statistics,
-    accuracy per subset and, for ranked data, Kendall's tau and Spearman's rho averaged over prompts.
+    accuracy per subset, for ranked data Kendall's tau and Spearman's rho averaged over prompts, and for ratings
+    each attribute's `rating_metrics`.
 
-    `eval_pred.predictions` is (N, 2): the rewards of chosen and rejected; or (N, 3) with the Rao-Kupper alpha of
-    a `bt_ties` model in the third column (NaN for other losses; with it, the tie and win log-likelihoods are
-    added); or (N, 3 + 4A) with ratings of A attributes: then each attribute's rewards of chosen and rejected and
-    their ratings (A columns each), for `rating_metrics` per attribute (`rmse/<name>`, ...; `attributes` names
-    them, else their index). `label_ids` is (N,), 1 where the
-    annotators called the pair a tie, or (N, k) with the first k of `LABEL_COLUMNS` (what
-    `RewardTrainer.prediction_step` returns, all of them; -1 where the data has none): tie, the response
-    lengths in tokens (the text is not at hand here, so the length metrics count tokens where `reward-trainer
-    evaluate` counts characters), the prompt (`group`), the subset id, and each response's place in its row.
-    `subsets` names the subset ids (`accuracy/<name>`; else the id is the name). Every value is a scalar.
+    `eval_pred.predictions` and `eval_pred.label_ids` map the names of `PREDICTION_COLUMNS` and `LABEL_COLUMNS` to
+    arrays (what `RewardTrainer.prediction_step` returns); `chosen` and `rejected` are required, every other column
+    optional, and an unknown name is an error. With `tie_alpha` (a loss with ties) the tie and win log-likelihoods
+    are added; with attribute rewards and ratings, `rmse/<name>`, ... per attribute (`attributes` names them, else
+    their index). The length metrics count tokens here, where `reward-trainer evaluate` counts characters (the text
+    is not at hand). `subsets` names the subset ids (`accuracy/<name>`; else the id is the name). A single response
+    (a pair of itself, equal places) counts in the rating metrics once and in no pairwise metric
+    (`single_responses` counts them); with no pair at all, the reward statistics are those of the single responses.
+    Every value is a scalar.
     """
-    rewards = np.asarray(eval_pred.predictions, dtype=np.float64)
-    chosen, rejected = rewards[:, 0], rewards[:, 1]
-    labels = None if eval_pred.label_ids is None else np.asarray(eval_pred.label_ids, dtype=np.float64)
-    if labels is not None and labels.ndim == 1:
-        labels = labels[:, None]
-    columns = {} if labels is None else dict(zip(LABEL_COLUMNS, labels.T))
-    human_tie = columns.get("tie")
-    lengths = [columns.get(key) for key in ("chosen_length", "rejected_length")]
-    if any(length is None or (length < 0).any() for length in lengths):
-        lengths = [None, None]
-    metrics = preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
-    if human_tie is not None and (human_tie > 0).any() and (human_tie <= 0).any():
+    if not isinstance(eval_pred.predictions, Mapping) or not isinstance(eval_pred.label_ids, Mapping | None):
+        raise TypeError("compute_metrics reads named columns: predictions and label_ids map column names to arrays")
+    predictions, labels = dict(eval_pred.predictions), dict(eval_pred.label_ids or {})
+    for names, given, what in ((PREDICTION_COLUMNS, predictions, "prediction"), (LABEL_COLUMNS, labels, "label")):
+        unknown = set(given) - set(names)
+        if unknown:
+            raise ValueError(f"unknown {what} columns {sorted(unknown)}: known are {', '.join(names)}")
+    columns = {key: np.asarray(value, dtype=np.float64) for key, value in (predictions | labels).items()}
+    single = np.zeros(len(columns["chosen"]), dtype=bool)
+    if "chosen_response" in columns and "rejected_response" in columns:
+        single = columns["chosen_response"] == columns["rejected_response"]
+    pair = {key: value[~single] for key, value in columns.items()}  # the pairwise metrics' rows
+    chosen, rejected, human_tie = pair["chosen"], pair["rejected"], pair.get("tie")
+
+    metrics = {"single_responses": int(single.sum())} if single.any() else {}
+    if len(chosen):
+        lengths = [pair.get("chosen_length"), pair.get("rejected_length")]
+        metrics |= preference_metrics(chosen, rejected, *lengths, human_tie=human_tie)
+        metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
+    elif single.any():  # no pair: the reward statistics (which the scorer's normalization reads) of the responses
+        rewards = columns["chosen"][single]
+        metrics |= {f"{side}_reward_{stat}": float(f(rewards)) for side in ("chosen", "rejected")
+                    for stat, f in (("mean", np.mean), ("std", np.std))}  # fmt: skip
+    metrics["num_pairs"] = metrics.pop("pairs", 0)  # pairs scored: under DDP, shows none were duplicated or dropped
+    if len(chosen) and human_tie is not None and (human_tie > 0).any() and (human_tie <= 0).any():
         metrics["accuracy_non_tie"] = float(pair_correctness(chosen, rejected)[human_tie <= 0].mean())
-    alpha = float(rewards[0, 2]) if rewards.shape[1] > 2 and len(rewards) else math.nan
-    if not math.isnan(alpha) and human_tie is not None:  # the third column: alpha = log(theta) of `bt_ties`
+    if len(chosen) and "tie_alpha" in pair and human_tie is not None:
+        alpha = float(pair["tie_alpha"][0])
         metrics |= rao_kupper_log_likelihood(chosen, rejected, human_tie, alpha)
         metrics["tie_theta"] = math.exp(alpha)
-    if rewards.shape[1] > 3:
-        n = (rewards.shape[1] - 3) // 4
-        r_c, r_r, y_c, y_r = (rewards[:, 3 + k * n : 3 + (k + 1) * n] for k in range(4))
-        for a in range(n):
+    rated = ("chosen_attributes", "rejected_attributes", "chosen_ratings", "rejected_ratings")
+    if all(key in columns for key in rated):
+        r_c, r_r, y_c, y_r = (columns[key] for key in rated)  # (N, A) each
+        for a in range(r_c.shape[1]):
             name = attributes[a] if attributes is not None else str(a)
-            per = rating_metrics(np.concatenate([r_c[:, a], r_r[:, a]]), np.concatenate([y_c[:, a], y_r[:, a]]))
+            # Every response of every pair; a single response once (its pair's other side is itself).
+            predicted = np.concatenate([r_c[:, a], r_r[~single, a]])
+            per = rating_metrics(predicted, np.concatenate([y_c[:, a], y_r[~single, a]]))
             metrics |= {f"{key}/{name}": value for key, value in per.items()}
-    metrics["accuracy_ci95_low"], metrics["accuracy_ci95_high"] = metrics.pop("accuracy_ci95")
-    metrics["num_pairs"] = metrics.pop("pairs")  # pairs scored: under DDP, shows none were duplicated or dropped
 
-    subset = columns.get("subset")
-    if subset is not None and (subset >= 0).any():
+    subset = pair.get("subset")
+    if len(chosen) and subset is not None:
         names = [_subset_name(int(i), subsets) for i in subset]
         for name, sub in per_subset_accuracy(pair_correctness(chosen, rejected, human_tie), names).items():
             metrics[f"accuracy/{name}"] = sub["accuracy"]
-    if all(key in columns for key in ("group", "chosen_response", "rejected_response")):
-        known = (columns["group"] >= 0) & (columns["chosen_response"] >= 0) & (columns["rejected_response"] >= 0)
+    places = ("group", "chosen_response", "rejected_response")
+    if all(key in pair for key in places):
+        ranked = human_tie <= 0 if human_tie is not None else np.ones(len(chosen), dtype=bool)  # a tie orders nothing
         model_scores, human_scores = rankings_from_pairs(
-            chosen[known],
-            rejected[known],
-            *(columns[key][known].astype(np.int64) for key in ("group", "chosen_response", "rejected_response")),
+            chosen[ranked], rejected[ranked], *(pair[key][ranked].astype(np.int64) for key in places)
         )
         if model_scores:  # some prompt has more than two responses
             metrics |= ranking_correlation(model_scores, human_scores)
@@ -312,8 +331,6 @@ def compute_metrics(
 
 
 def _subset_name(index: int, subsets: Sequence[str] | None) -> str:
-    if index < 0:
-        return "(none)"
     name = subsets[index] if subsets is not None else str(index)
     return name or "(none)"
 

@@ -22,6 +22,7 @@ from .errors import UsageError
 from .hardware import machine_line
 from .heads import add_lora, export_reward_model, prepare_objective, save_lora_model
 from .loading import load_reward_model
+from .loss import OBJECTIVES
 from .metrics import compute_metrics
 from .scorer import store_reward_normalization
 from .trainer import RewardTrainer
@@ -64,13 +65,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     model, tokenizer = load_reward_model(model_args)
     # Saved in config.json: what the model was trained in, and why.
     model.config.training_precision = {"precision": precision.name, "reason": precision.reason}
+    objective = OBJECTIVES[training_args.loss]
     with training_args.main_process_first(desc="preprocessing"):
         data = load_preference_data(
             data_args,
             tokenizer,
             seed=training_args.seed,
-            ties_in_loss=training_args.loss == "bt_ties",
-            rankings=training_args.loss == "plackett_luce",
+            ties_in_loss=objective.ties_in_loss,
+            rankings=objective.data == "rankings",
+            single_responses=objective.data == "ratings",
         )
     # A length head, a tie parameter, one output per rated attribute: before LoRA wraps the head.
     prepare_objective(model, training_args, attributes=data.attributes)

@@ -22,12 +22,11 @@ from .errors import NonFiniteLossError, UsageError
 from .heads import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .length_projection import length_projection
 from .loss import (
+    OBJECTIVES,
     attribute_pairwise_loss,
-    bradley_terry_loss,
     length_decorrelation_loss,
     orthogonality_loss,
     plackett_luce_loss,
-    rao_kupper_loss,
     rating_regression_loss,
 )
 from .memory import MemoryPlan, plan_memory
@@ -82,10 +81,10 @@ class PairLengthSampler(Sampler[int]):
 class RewardTrainer(Trainer):
     """Trains a scalar-head model on preference pairs batched by `PreferenceCollator`.
 
-    Overrides only the loss, the evaluation step (which returns the (chosen, rejected) rewards of each
-    pair for `compute_metrics`, with the `metrics.LABEL_COLUMNS` as labels: human tie, response lengths,
-    prompt, subset and response places) and the count of pairs used to scale the loss under gradient
-    accumulation.
+    Overrides only the loss, the evaluation step (which returns named columns for `compute_metrics`: the
+    (chosen, rejected) rewards of each pair and what the objective adds, `metrics.PREDICTION_COLUMNS`, and as
+    labels the data's `metrics.LABEL_COLUMNS`: human tie, response lengths, prompt, subset, response places,
+    ratings) and the count of pairs used to scale the loss under gradient accumulation.
     Everything else (optimizer, schedule, clipping, logging, checkpoints, accelerate) is the stock `Trainer`.
 
     With no `data_collator`, picks the fastest exact one for the model (`collator.collator_for`: prefix
@@ -300,33 +299,37 @@ class RewardTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def objective(self, model, chosen, rejected, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(losses, weights) of the `--loss` objective: per pair, or per ranking for `plackett_luce`."""
-        if self.args.loss == "plackett_luce":
+        """(losses, weights) of the `--loss` objective (`loss.OBJECTIVES`): per pair, or per ranking for one that
+        trains on rankings."""
+        objective = OBJECTIVES[self.args.loss]
+        if objective.data == "rankings":
             return ranking_losses(chosen, rejected, inputs)
         weight = inputs.get("weight", torch.ones(len(chosen), device=chosen.device))
         if "chosen_ratings" in inputs:  # ratings of A attributes: rewards (B, A)
             return self.rating_losses(model, chosen, rejected, inputs), weight
-        if self.args.loss == "regression":
+        if objective.data == "ratings":
             raise UsageError(
-                "--loss regression needs ratings: the `ratings` format (prompt, response, rating columns)"
+                f"--loss {objective.name} needs ratings: the `ratings` format (prompt, response, rating columns)"
             )
-        if self.args.loss == "bt_ties":
+        if objective.ties_in_loss:
             tie = inputs.get("tie", torch.zeros_like(chosen))
-            losses = rao_kupper_loss(chosen, rejected, tie, tie_alpha(model, self.args).to(chosen.device))
+            losses = objective.loss(chosen, rejected, tie, tie_alpha(model, self.args).to(chosen.device))
         else:
-            losses = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
+            losses = objective.loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
         return losses, weight
 
     def rating_losses(self, model, chosen, rejected, inputs) -> torch.Tensor:
         """Per pair: the `--loss` applied to each attribute, plus `regression_weight` times the squared error on the
-        ratings of both responses (`--loss regression`: the squared error alone)."""
+        ratings of both responses (a loss that trains on ratings, `regression`: the squared error alone). A single
+        response is a pair of itself, so its squared error is its own."""
+        objective = OBJECTIVES[self.args.loss]
         chosen = chosen if chosen.dim() == 2 else chosen[:, None]  # (B, A)
         rejected = rejected if rejected.dim() == 2 else rejected[:, None]
         ratings = inputs["chosen_ratings"], inputs["rejected_ratings"]  # (B, A) each, NaN: missing
         squared = (rating_regression_loss(chosen, ratings[0]) + rating_regression_loss(rejected, ratings[1])) / 2
-        if self.args.loss == "regression":
+        if objective.data == "ratings":
             return squared
-        alpha = tie_alpha(model, self.args).to(chosen.device) if self.args.loss == "bt_ties" else None
+        alpha = tie_alpha(model, self.args).to(chosen.device) if objective.ties_in_loss else None
         return attribute_pairwise_loss(chosen, rejected, *ratings, alpha=alpha) + self.args.regression_weight * squared
 
     def create_optimizer(self, model=None):
@@ -367,25 +370,21 @@ class RewardTrainer(Trainer):
             loss, (chosen, rejected) = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        attributes = None
+        predictions = {}
         if "chosen_ratings" in inputs:  # ratings: the reward is the weighted sum of the attributes
-            chosen, rejected = (x if x.dim() == 2 else x[:, None] for x in (chosen, rejected))
-            attributes = [chosen, rejected, inputs["chosen_ratings"], inputs["rejected_ratings"]]  # (B, A) each
+            chosen, rejected = (x if x.dim() == 2 else x[:, None] for x in (chosen, rejected))  # (B, A) each
+            predictions |= {"chosen_attributes": chosen, "rejected_attributes": rejected}
             weights = torch.tensor(base_model_of(model).config.attribute_weights, device=chosen.device)
             chosen, rejected = chosen @ weights, rejected @ weights
-        rewards = torch.stack([chosen, rejected], dim=1)  # (B, 2)
-        if self.args.loss == "bt_ties" or attributes:
-            # Column 2: the tie parameter alpha = log(theta), for the tie log-likelihood metric (NaN: none);
-            # then the rewards and ratings of each attribute (see `metrics.compute_metrics`).
-            alpha = tie_alpha(model, self.args) if self.args.loss == "bt_ties" else torch.tensor(float("nan"))
-            extra = [alpha.to(chosen.device).detach().float().expand(len(chosen), 1), *(attributes or [])]
-            rewards = torch.cat([rewards, *extra], dim=1)  # (B, 3) or (B, 3 + 4A)
-        # Integers of one width whatever the data has (-1 where a column is absent, no tie if `tie` is), so
-        # that the stock Trainer concatenates and, under DDP, gathers them as they are; int64 keeps row ids exact.
-        absent = torch.full_like(chosen, -1, dtype=torch.long)
-        labels = [(inputs["tie"] > 0).long() if "tie" in inputs else torch.zeros_like(absent)]
-        labels += [inputs[key].long() if key in inputs else absent for key in LABEL_COLUMNS[1:]]
-        return loss.detach(), rewards, torch.stack(labels, dim=1)  # (B, len(LABEL_COLUMNS))
+        predictions |= {"chosen": chosen, "rejected": rejected}
+        if OBJECTIVES[self.args.loss].ties_in_loss:  # alpha = log(theta), one copy per pair so that DDP gathers it
+            alpha = tie_alpha(model, self.args).to(chosen.device).detach().float()
+            predictions["tie_alpha"] = alpha.expand(len(chosen)).contiguous()
+        # Named columns (`metrics.PREDICTION_COLUMNS`, `metrics.LABEL_COLUMNS`): the stock Trainer concatenates and,
+        # under DDP, gathers a dict key by key. The data's columns are the same in every batch and process; one
+        # that the data lacks is left out.
+        labels = {key: label_column(key, inputs[key]) for key in LABEL_COLUMNS if key in inputs}
+        return loss.detach(), {key: value.float() for key, value in predictions.items()}, labels
 
     def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
         """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by
@@ -395,14 +394,27 @@ class RewardTrainer(Trainer):
         from .hub import model_card, training_command
 
         accuracies = [log["eval_accuracy"] for log in self.state.log_history if "eval_accuracy" in log]
+        config = base_model_of(self.model).config
+        weights = getattr(config, "attribute_weights", None)  # a model of rated attributes (`prepare_objective`)
         card = model_card(
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name or "reward-model",
             base_model=finetuned_from or self.model.config.name_or_path,
             dataset=dataset or "unknown",
             eval_accuracy=accuracies[-1] if accuracies else None,
             command=command or training_command(),
+            loss=self.args.loss,
+            attribute_weights={config.id2label[i]: w for i, w in enumerate(weights)} if weights else None,
+            regression_weight=self.args.regression_weight,
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def label_column(key: str, values: torch.Tensor) -> torch.Tensor:
+    """A label column as `compute_metrics` reads it: ratings as floats (NaN: missing), the annotators' tie as 0 or
+    1, the other columns (lengths, row and subset ids, places) as int64, which keeps ids exact."""
+    if key in RATING_COLUMNS:
+        return values.float()
+    return (values > 0).long() if key == "tie" else values.long()
 
 
 def response_lengths(row: dict) -> dict[str, int]:

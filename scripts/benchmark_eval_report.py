@@ -28,7 +28,8 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
 
 def hh_split(path: str, eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Training and held-out rows, split by prompt exactly as `reward-trainer train` splits them."""
-    from reward_trainer.data.formats import prompt_bucket, split_implicit_prompt
+    from reward_trainer.chat import split_implicit_prompt
+    from reward_trainer.data.formats import prompt_bucket
 
     with gzip.open(path, "rt", encoding="utf-8") as f:  # every row, the 4 with an empty final response included
         split = [split_implicit_prompt(row["chosen"], row["rejected"]) for row in map(json.loads, f)]

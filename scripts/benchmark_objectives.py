@@ -51,7 +51,7 @@ BACKBONE = {
 
 
 def hh_rows(shared: str) -> list[dict]:
-    from reward_trainer.data.formats import split_implicit_prompt
+    from reward_trainer.chat import split_implicit_prompt
 
     with gzip.open(os.path.join(shared, HH), "rt", encoding="utf-8") as f:
         split = [split_implicit_prompt(row["chosen"], row["rejected"]) for row in map(json.loads, f)]
@@ -115,11 +115,12 @@ def ties(shared: str, work: str, steps: int) -> None:
     train_pred, eval_pred = (trainer.predict(split) for split in (pairs.train, pairs.eval))
 
     def nll(alpha):
-        return -sum(rao_kupper_log_likelihood(*train_pred.predictions.T, train_pred.label_ids[:, 0], alpha).values())
+        columns, labels = train_pred.predictions, train_pred.label_ids
+        return -sum(rao_kupper_log_likelihood(columns["chosen"], columns["rejected"], labels["tie"], alpha).values())
 
     alpha = minimize_scalar(nll, bounds=(1e-4, 10), method="bounded").x
-    chosen, rejected = eval_pred.predictions.T
-    tie = eval_pred.label_ids[:, 0]
+    chosen, rejected = eval_pred.predictions["chosen"], eval_pred.predictions["rejected"]
+    tie = eval_pred.label_ids["tie"]
     metrics |= {f"eval_{k}": v for k, v in rao_kupper_log_likelihood(chosen, rejected, tie, alpha).items()}
     metrics["eval_tie_theta"] = float(np.exp(alpha))
     metrics["eval_accuracy_non_tie"] = float(pair_correctness(chosen, rejected)[tie <= 0].mean())
@@ -158,9 +159,8 @@ def original_pair_accuracy(out: str, data: dict) -> float:
     trainer = RewardTrainer(model=model, args=RewardConfig(output_dir=out, per_device_eval_batch_size=64,
                             use_cpu=True, disable_tqdm=True, eval_strategy="no"))  # fmt: skip
     pred = trainer.predict(pairs.eval)
-    places = pred.label_ids[:, 5:7]  # LABEL_COLUMNS: chosen_response, rejected_response
-    first = (places[:, 0] == 0) & (places[:, 1] == 1)
-    return float(pair_correctness(*pred.predictions[first].T[:2]).mean())
+    first = (pred.label_ids["chosen_response"] == 0) & (pred.label_ids["rejected_response"] == 1)
+    return float(pair_correctness(pred.predictions["chosen"][first], pred.predictions["rejected"][first]).mean())
 
 
 LENGTH_KEYS = ["eval_accuracy", "eval_reward_length_spearman", "eval_accuracy_chosen_shorter",

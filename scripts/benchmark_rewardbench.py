@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import re
 import tempfile
 from pathlib import Path
 
@@ -36,8 +35,8 @@ import torch
 from benchmark_scoring import TokenCounter, timed  # this folder is on sys.path when a script runs
 from transformers import pipeline
 
+from reward_trainer.chat import hh_messages, split_implicit_prompt, writes_human_turn
 from reward_trainer.config import EvaluateArguments, ModelArguments
-from reward_trainer.data.formats import split_implicit_prompt
 from reward_trainer.leaderboard import load_benchmark_scorer, read_benchmark_rows, score_rows
 from reward_trainer.loading import load_reward_model
 from reward_trainer.rewardbench import EXAMPLE_COUNTS, SECTIONS, pair_results, rewardbench_summary
@@ -45,17 +44,6 @@ from reward_trainer.rewardbench import EXAMPLE_COUNTS, SECTIONS, pair_results, r
 SHARED_DATA = Path(
     os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
 )
-TURN = re.compile(r"\n\n(Human|Assistant):")
-
-
-def hh_messages(prompt: str) -> list[dict]:
-    """HH-RLHF's "\\n\\nHuman: ... \\n\\nAssistant:" prompt as alternating messages, the last one the user's."""
-    parts = TURN.split(prompt)[1:]  # role, text, role, text, ...
-    messages = [
-        {"role": "user" if role == "Human" else "assistant", "content": text.strip()}
-        for role, text in zip(parts[::2], parts[1::2])
-    ]
-    return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages  # the open final turn
 
 
 def build_rows(shared: Path, seed: int = 0) -> list[dict]:
@@ -64,9 +52,9 @@ def build_rows(shared: Path, seed: int = 0) -> list[dict]:
         for i, line in enumerate(f):
             pair = json.loads(line)
             prompt, chosen, rejected = split_implicit_prompt(pair["chosen"], pair["rejected"])
-            messages = hh_messages(prompt)
+            messages = hh_messages(prompt) or []
             alternating = all(m["role"] == ("user", "assistant")[k % 2] for k, m in enumerate(messages))
-            if not alternating or len(messages) % 2 == 0 or "\n\nHuman:" in chosen + rejected:
+            if not alternating or len(messages) % 2 == 0 or writes_human_turn(chosen) or writes_human_turn(rejected):
                 continue  # the few pairs that differ before their last turn, or whose turns do not alternate
             if chosen.strip() == rejected.strip():
                 continue

@@ -89,9 +89,9 @@ def timed(fn):
 
 
 def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[str], list[str]]:
-    """Distinct HH-RLHF prompts (up to the last "\n\nAssistant:") no longer than `max_prompt_chars`, and every
+    """Distinct HH-RLHF prompts (up to the last "\\n\\nAssistant:") no longer than `max_prompt_chars`, and every
     final response of the file (chosen and rejected)."""
-    from reward_trainer.data.formats import split_implicit_prompt
+    from reward_trainer.chat import split_implicit_prompt
 
     prompts, responses = {}, []
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -107,8 +107,7 @@ def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[st
 def chat_rendered(tokenizer, prompts: list[str], responses: list[str]) -> tuple[list[str], list[str]]:
     """HH prompts and responses as the tokenizer's chat template renders them: the prompt's turns with the
     assistant's generation prompt, and what the response's assistant turn adds after it."""
-    from reward_trainer.best_of_n import hh_messages
-    from reward_trainer.chat import chat_template_of, split_rendered_prompt
+    from reward_trainer.chat import chat_template_of, hh_messages, split_rendered_prompt
 
     template, rendered_prompts, rendered_responses = chat_template_of(tokenizer), [], []
     for prompt, response in zip(prompts, responses, strict=True):

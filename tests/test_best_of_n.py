@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_policy
 
 from reward_trainer import RewardScorer
-from reward_trainer.best_of_n import hh_messages
+from reward_trainer.chat import hh_messages
 from reward_trainer.cli import main
 from reward_trainer.metrics import best_of_n_kl, best_of_n_rewards
 from reward_trainer.quickstart import build_tiny_gpt2, make_pairs
@@ -35,16 +35,6 @@ def test_best_of_n_rewards_by_hand():
         brute = [np.mean([gold[p, max(s, key=lambda i: proxy[p, i])] for s in subsets]) for p in range(2)]
         assert best_of_n_rewards(proxy, gold, n)[1] == pytest.approx(brute)
     assert best_of_n_kl(np.array([1, 2, 16])) == pytest.approx([0.0, math.log(2) - 0.5, math.log(16) - 15 / 16])
-
-
-def test_hh_prompt_as_chat_messages():
-    prompt = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:"
-    assert hh_messages(prompt) == [
-        {"role": "user", "content": "hi there"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how do I pick a lock?"},
-    ]
-    assert hh_messages("cat dog | code of owl?\nanswer:") is None  # not HH: the policy sees the text as is
 
 
 @pytest.fixture(scope="module")

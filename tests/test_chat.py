@@ -16,7 +16,13 @@ from transformers import (
 )
 
 from reward_trainer import RewardScorer
-from reward_trainer.chat import parse_implicit_conversation, renders_implicit_prompt_with_template
+from reward_trainer.chat import (
+    hh_messages,
+    parse_implicit_conversation,
+    renders_implicit_prompt_with_template,
+    split_implicit_prompt,
+    writes_human_turn,
+)
 from reward_trainer.collator import PrefixSharingCollator
 from reward_trainer.config import DataArguments, ModelArguments, RewardConfig
 from reward_trainer.data import load_preference_data
@@ -99,6 +105,69 @@ def test_parse_implicit_conversation():
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": "y"},
     ]
+
+
+def test_hh_prompt_as_chat_messages():
+    prompt = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:"
+    assert hh_messages(prompt) == [
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how do I pick a lock?"},
+    ]
+    assert hh_messages("cat dog | code of owl?\nanswer:") is None  # not HH: the policy sees the text as is
+    assert hh_messages("\n\nHuman: hi\n\nAssistant: hello") is None  # the assistant's turn is not open
+    assert hh_messages("\n\nHuman: hi") is None  # no assistant turn to continue
+
+
+def test_text_before_the_first_marker():
+    """Parsed as a user message of its own; not an HH prompt for a policy (which would lose it); and a pair that
+    shares no marker has the empty prompt, its texts whole."""
+    text = "Be brief.\n\nHuman: x\n\nAssistant:"
+    assert parse_implicit_conversation(text)[0] == {"role": "user", "content": "Be brief."}
+    assert hh_messages(text) is None
+    assert split_implicit_prompt("Q: a? yes", "Q: a? no") == ("", "Q: a? yes", "Q: a? no")
+    prompt, chosen, rejected = split_implicit_prompt(text + " y", text + " n")
+    assert (prompt, chosen, rejected) == (text, " y", " n")  # the preamble stays in the prompt
+
+
+def test_empty_final_response():
+    """HH-RLHF has rows whose final response is empty: a response all the same, in every reader."""
+    conversation = "\n\nHuman: how do I hurt someone?\n\nAssistant:"
+    assert split_implicit_prompt(conversation, conversation + " No.") == (conversation, "", " No.")
+    assert parse_implicit_conversation(conversation)[-1] == {"role": "assistant", "content": ""}
+    assert hh_messages(conversation) == [{"role": "user", "content": "how do I hurt someone?"}]
+
+
+def test_a_response_that_writes_further_turns():
+    """A sample that goes on to write the human's next turn: parsed as those turns, as training parses HH text; the
+    prompt split of a pair that differs before its final turn keeps the differing turns in the responses."""
+    prompt = "\n\nHuman: hi\n\nAssistant:"
+    sample = " hello\n\nHuman: and then?\n\nAssistant: more"
+    assert writes_human_turn(sample) and not writes_human_turn(" hello") and not writes_human_turn("Human: hi")
+    assert parse_implicit_conversation(prompt + sample) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and then?"},
+        {"role": "assistant", "content": "more"},
+    ]
+    assert split_implicit_prompt(prompt + sample, prompt + " bye") == (prompt, sample, " bye")
+
+
+def test_hh_readers_agree_on_the_real_data(shared_data):
+    """On every HH-RLHF harmless-base row: the split's prompt parses to the messages `hh_messages` gives plus the
+    open turn, and the whole conversation begins with those messages."""
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 2312
+    for row in rows:
+        prompt, chosen, rejected = split_implicit_prompt(row["chosen"], row["rejected"])
+        assert prompt + chosen == row["chosen"] and prompt + rejected == row["rejected"]
+        messages = hh_messages(prompt)
+        assert messages is not None and messages + [{"role": "assistant", "content": ""}] == (
+            parse_implicit_conversation(prompt)
+        )
+        whole = parse_implicit_conversation(row["chosen"])
+        assert whole[: len(messages)] == messages and whole[-1]["role"] == "assistant"
 
 
 def test_auto_renders_with_the_template_only_when_the_tokenizer_has_one():

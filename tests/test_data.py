@@ -13,13 +13,14 @@ from transformers import BertTokenizerFast
 
 import reward_trainer.data.sources as sources
 import reward_trainer.data.tokenizing as tokenizing
+from reward_trainer.chat import common_prefix_length
 from reward_trainer.config import DataArguments
 from reward_trainer.data import load_preference_data, split_implicit_prompt, write_data_report
-from reward_trainer.data.formats import common_prefix_length, detect_format, prompt_bucket
+from reward_trainer.data.formats import detect_format, prompt_bucket
 from reward_trainer.data.tokenizing import truncate_keep_end
 from reward_trainer.errors import DataError
 
-BUCKETS = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
+BUCKETS = ("kept", "truncated", "filtered", "ties", "single_responses", "skipped", "unused")
 
 
 @pytest.fixture(scope="module")

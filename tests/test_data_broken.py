@@ -74,7 +74,7 @@ def test_skip_counts_and_lists_the_bad_row(name, tmp_path, tiny_tokenizer):
     assert report["skipped"] == 1
     [skipped] = report["skipped_rows"]
     assert skipped["file"] == str(BROKEN / name) and skipped["row"] == row and expected in skipped["reason"]
-    buckets = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
+    buckets = ("kept", "truncated", "filtered", "ties", "single_responses", "skipped", "unused")
     assert sum(report[k] for k in buckets) == input_rows
 
 

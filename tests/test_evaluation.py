@@ -141,7 +141,9 @@ def test_evaluate_module_loads_offline_by_path(monkeypatch):
 def test_compute_metrics_reports_the_same_figures_during_training():
     rewards = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]])
     labels = np.array([[0, 4, 2], [0, 1, 6], [0, 3, 3], [1, 5, 5]], dtype=float)  # tie, chosen/rejected tokens
-    m = compute_metrics(EvalPrediction(predictions=rewards, label_ids=labels))
+    columns = {"chosen": rewards[:, 0], "rejected": rewards[:, 1]}
+    named = dict(zip(("tie", "chosen_length", "rejected_length"), labels.T))
+    m = compute_metrics(EvalPrediction(predictions=columns, label_ids=named))
     assert m["accuracy"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
     assert m["longer_wins_accuracy"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
     assert m["accuracy_chosen_shorter"] == 0.0
@@ -335,3 +337,29 @@ def test_hh_longer_wins_baseline_matches_an_independent_count(shared_data):
     assert len(pairs["chosen"]) == len(rows) == 2312 and len(wins) > 2300
     assert ours_same == wins
     assert 0.40 < ours < 0.50  # the data README: chosen is the longer response in only 44% of rows
+
+
+def test_evaluate_counts_single_responses_of_a_ratings_file(tmp_path, tiny_model_dir, capsys):
+    """A `ratings` file, rows of a prompt apart: prompts with several responses are compared by mean rating (over
+    `--attributes`), a prompt with one response is counted in the report, not scored; a file of single responses
+    only is a one-line error, not a traceback."""
+    from reward_trainer.cli import main
+
+    rows = [("p0", " a", 1, 2), ("p1", " b", 3, 3), ("p0", " c", 4, 4), ("p2", " d", 0, 1), ("p3", " e", 2, 2),
+            ("p3", " f", 1, None), ("p3", " g", 4, 0)]  # fmt: skip
+    data = write_jsonl(tmp_path / "ratings.jsonl", [{"prompt": f"{p} cat?\nanswer:", "response": r, "helpfulness": h,
+                       "correctness": c} for p, r, h, c in rows])  # fmt: skip
+    argv = ["evaluate", "--model_name_or_path", str(tiny_model_dir), "--attributes", "helpfulness", "correctness"]
+    assert main([*argv, "--dataset_name", data, "--output_dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "eval_report.json").read_text())
+    assert (report["input_rows"], report["single_responses"], report["pairs"]) == (7, 2, 1)
+    assert report["ranked_prompts"] == 1  # p3: three responses, mean ratings 2, 1, 2
+    prompt = "p0 cat?\nanswer:"
+    chosen, rejected = plain_rewards(tiny_model_dir, [prompt + " c", prompt + " a"])  # mean ratings 4 > 1.5
+    assert report["accuracy"] == float(chosen > rejected) + 0.5 * float(chosen == rejected)
+
+    single = write_jsonl(
+        tmp_path / "single.jsonl", [{"prompt": "q?", "response": " a", "helpfulness": 1, "correctness": 2}]
+    )
+    assert main([*argv, "--dataset_name", single, "--output_dir", str(tmp_path / "single")]) == 2
+    assert capsys.readouterr().err.strip().endswith("no pairs or rankings to evaluate (single responses: 1)")

@@ -25,12 +25,13 @@ def test_compute_metrics_per_subset_and_rankings_on_handmade_pairs():
     reward = [0.5, 2.0, 1.0, -1.0]
     ranked = [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]  # (chosen, rejected) places
     rewards = np.array([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]] + [[reward[c], reward[r]] for c, r in ranked])
-    # columns: tie, chosen_length, rejected_length, group, subset, chosen_response, rejected_response
+    names = ("tie", "chosen_length", "rejected_length", "group", "subset", "chosen_response", "rejected_response")
     labels = np.array(
         [[0, 3, 2, 0, 0, 0, 1], [0, 1, 1, 1, 0, 0, 1], [1, 2, 2, 2, 1, 0, 1]]
         + [[0, 1, 1, 9, 1, c, r] for c, r in ranked]
     )
-    m = compute_metrics(EvalPrediction(predictions=rewards, label_ids=labels), subsets=["a", "b"])
+    columns, labels = {"chosen": rewards[:, 0], "rejected": rewards[:, 1]}, dict(zip(names, labels.T))
+    m = compute_metrics(EvalPrediction(predictions=columns, label_ids=labels), subsets=["a", "b"])
 
     b_correct = [0.5] + [float(reward[c] > reward[r]) for c, r in ranked]  # the tie counts 0.5
     assert m["accuracy/a"] == 0.5
@@ -41,19 +42,39 @@ def test_compute_metrics_per_subset_and_rankings_on_handmade_pairs():
     assert m["spearman_rho"] == pytest.approx(np.corrcoef(rank_rewards, rank_scores)[0, 1])
     assert m["ranked_prompts"] == 1.0  # groups 0-2 have two responses: pairs, not rankings
     # Unnamed subsets are named by id; without the index columns there are no subset or ranking metrics.
-    assert "accuracy/1" in compute_metrics(EvalPrediction(predictions=rewards, label_ids=labels))
-    plain = compute_metrics(EvalPrediction(predictions=rewards, label_ids=labels[:, :3]))
+    assert "accuracy/1" in compute_metrics(EvalPrediction(predictions=columns, label_ids=labels))
+    plain_labels = {key: labels[key] for key in names[:3]}
+    plain = compute_metrics(EvalPrediction(predictions=columns, label_ids=plain_labels))
     assert not any(key.startswith("accuracy/") or key == "kendall_tau" for key in plain)
     assert plain["accuracy"] == m["accuracy"]
 
 
-def test_absent_label_columns_are_minus_one():
-    """Rows of a plain dataset (no group, subset or response places) give -1 there, and no ranking metrics."""
-    rewards = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
-    labels = np.array([[0, 2, 1, -1, -1, -1, -1]] * 3)
-    m = compute_metrics(EvalPrediction(predictions=rewards, label_ids=labels))
-    assert m["accuracy"] == pytest.approx(2 / 3)
+def test_a_tie_of_three_responses_is_not_a_ranking_and_a_single_response_no_pair():
+    """Prompt 0: three responses the annotators tied (its three pairs, `tie` 1): they order nothing, so no ranking
+    metric; prompt 1: one response, a pair of itself (places (0, 0)): counted, and in no pairwise metric."""
+    columns = {"chosen": np.array([1.0, 2.0, 3.0, 5.0]), "rejected": np.array([0.0, 1.0, 2.0, 5.0])}
+    labels = {"tie": np.array([1, 1, 1, 0]), "group": np.array([0, 0, 0, 1]),
+              "chosen_response": np.array([0, 0, 1, 0]), "rejected_response": np.array([1, 2, 2, 0])}  # fmt: skip
+    m = compute_metrics(EvalPrediction(predictions=columns, label_ids=labels))
+    assert "kendall_tau" not in m and m["num_pairs"] == 3 and m["single_responses"] == 1
+    assert m["accuracy"] == 0.5 and m["tie_rate"] == 0.0  # annotated ties count 0.5; the single response is no tie
+
+
+def test_label_columns_are_read_by_name():
+    """The columns' order means nothing, an absent one is an absent metric, and an unknown name is an error: a
+    column added on one side cannot be read as another one on the other."""
+    columns = {"rejected": np.array([0.0, 1.0, 1.0]), "chosen": np.array([1.0, 0.0, 2.0])}
+    labels = {"rejected_length": np.array([1, 1, 1]), "tie": np.array([0, 0, 0]), "chosen_length": np.array([2, 2, 0])}
+    m = compute_metrics(EvalPrediction(predictions=columns, label_ids=labels))
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["longer_wins_accuracy"] == pytest.approx(2 / 3)
     assert "kendall_tau" not in m and not any(key.startswith("accuracy/") for key in m)
+    assert "longer_wins_accuracy" not in compute_metrics(EvalPrediction(predictions=columns, label_ids={}))
+    with pytest.raises(ValueError, match="unknown label columns \\['margin'\\]"):
+        compute_metrics(EvalPrediction(predictions=columns, label_ids={"margin": np.zeros(3)}))
+    with pytest.raises(TypeError, match="named columns"):
+        compute_metrics(
+            EvalPrediction(predictions=np.stack([columns["chosen"], columns["rejected"]], 1), label_ids={})
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

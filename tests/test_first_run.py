@@ -33,7 +33,7 @@ def test_hh_rlhf_trains_and_evaluates_with_default_flags(shared_data, tmp_path, 
     assert code == 0, lines
     report = json.loads((out / "data_report.json").read_text())
     assert report["input_rows"] == 2312 and report["skipped"] == 0 and report["empty_responses"] == 4
-    buckets = ("kept", "truncated", "filtered", "ties", "skipped", "unused")
+    buckets = ("kept", "truncated", "filtered", "ties", "single_responses", "skipped", "unused")
     assert sum(report[k] for k in buckets) == 2312 and report["train_rows"] + report["eval_rows"] == 2312
 
     evaluation = tmp_path / "evaluation"

@@ -28,6 +28,48 @@ def test_model_card_metadata():
     assert local.data.base_model is None and local.data.datasets is None and "`builtin:tiny-gpt2`" in local.text
 
 
+def test_model_card_names_the_objective_used():
+    from reward_trainer.loss import OBJECTIVES
+
+    for name, objective in OBJECTIVES.items():
+        card = model_card("me/rm", "b", "d", None, "c", loss=name)
+        assert f"with {objective.description}." in card.text and objective.tag in card.data.tags
+        others = [o for o in OBJECTIVES.values() if o.name != name]
+        assert not any(o.description in card.text or o.tag in card.data.tags for o in others)
+
+
+def test_model_card_of_rated_attributes_names_them_and_their_weights():
+    weights = {"helpfulness": 0.75, "correctness": 0.25}
+    card = model_card("me/rm", "b", "d", None, "c", loss="regression", attribute_weights=weights)
+    assert "with a squared error on each response's ratings" in card.text
+    assert "(`helpfulness`, `correctness`; `config.id2label`)" in card.text
+    assert "0.75 x helpfulness + 0.25 x correctness" in card.text
+    assert "logits[0, 0]" not in card.text and "torch.tensor(model.config.attribute_weights)" in card.text
+    pairwise = model_card(
+        "me/rm", "b", "d", None, "c", loss="bt_ties", attribute_weights=weights, regression_weight=0.5
+    )
+    assert "applied to each attribute (pairs ordered by that attribute's ratings), plus 0.5 times the squared" in (
+        pairwise.text
+    )
+
+
+def test_trainer_card_reads_the_run(tmp_path, tiny_tokenizer):
+    """`RewardTrainer.create_model_card` (what `push_to_hub` calls) names the run's `--loss` and the model's
+    attributes, as `heads.prepare_objective` set them."""
+    from reward_trainer import RewardConfig, RewardTrainer
+    from reward_trainer.heads import prepare_objective
+    from reward_trainer.quickstart import build_tiny_gpt2
+
+    args = RewardConfig(output_dir=str(tmp_path), loss="regression", attribute_weights=[0.75, 0.25], use_cpu=True,
+                        eval_strategy="no")  # fmt: skip
+    model = build_tiny_gpt2(tiny_tokenizer)
+    prepare_objective(model, args, attributes=["helpfulness", "correctness"])
+    RewardTrainer(model=model, args=args).create_model_card(dataset="ratings.jsonl", command="c")
+    text = (tmp_path / "README.md").read_text()
+    assert "on `ratings.jsonl`, with a squared error on each response's ratings" in text
+    assert "0.75 x helpfulness + 0.25 x correctness" in text and "rating-regression" in text
+
+
 def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     """Intercepts `huggingface_hub.HfApi` (what `Trainer.push_to_hub` calls): no network, a folder as the repo."""
     from fnmatch import fnmatch
@@ -94,6 +136,7 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     metrics = json.loads((repo / "eval_results.json").read_text())
     card = ModelCard.load(repo / "README.md")
     assert "reward-model" in card.data.tags and card.data.library_name == "transformers"
+    assert "with the Bradley-Terry loss on preference pairs" in card.text and "bradley-terry" in card.data.tags
     result = card.data.to_dict()["model-index"][0]["results"][0]
     assert result["metrics"][0]["value"] == round(metrics["eval_accuracy"], 4)
     assert result["dataset"]["name"] == "builtin:code-book"

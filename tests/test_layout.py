@@ -77,3 +77,38 @@ def test_readme_layout_table_names_every_module():
         n for n in listed if not any((REPO_ROOT / d).rglob(n.split("/")[-1]) for d in ("reward_trainer", "scripts"))
     }
     assert not stale, f"the README's layout table names modules that do not exist: {sorted(stale)}"
+
+
+def string_constants(path) -> list[str]:
+    """Every string literal of a module, docstrings included, as Python reads it (escapes resolved)."""
+    tree = ast.parse(path.read_text())
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def test_hh_text_is_read_in_one_module():
+    """HH-RLHF's turn markers are written, and a pattern of them (`Human|Assistant`) spelled, only in `chat.py`; the
+    package and the scripts call its readers (`parse_implicit_conversation`, `hh_messages`, `split_implicit_prompt`).
+    A docstring that shows a marker writes it escaped."""
+    from reward_trainer.chat import HH_ROLES
+
+    def reads_hh(text: str) -> bool:
+        alternation = any(f"{a}|{b}" in text for a, b in (("Human", "Assistant"), ("Assistant", "Human")))
+        return alternation or any(marker in text for marker in HH_ROLES)
+
+    owner = PACKAGE / "chat.py"
+    assert any(map(reads_hh, string_constants(owner)))
+    for path in [*PACKAGE.rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]:
+        found = [text for text in string_constants(path) if reads_hh(text)]
+        assert path == owner or not found, f"{path.relative_to(REPO_ROOT)} reads HH text itself: {found[0][:60]!r}"
+
+
+def test_objectives_are_named_only_in_their_table():
+    """`loss.OBJECTIVES` is the one table of `--loss` choices: no other module of the package writes an objective's
+    name as a string (configuration, data loading, the trainer and the model card read the table's fields)."""
+    from reward_trainer.loss import OBJECTIVES
+
+    assert {text for text in string_constants(PACKAGE / "loss.py")} >= set(OBJECTIVES)
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "loss.py":
+            named = set(string_constants(path)) & set(OBJECTIVES)
+            assert not named, f"{path.relative_to(REPO_ROOT)} names objectives {sorted(named)}: read loss.OBJECTIVES"

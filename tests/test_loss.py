@@ -160,3 +160,57 @@ def test_attribute_pairwise_hand_values():
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     tie = -(math.log(sig(math.log(3) - 2)) + math.log(sig(math.log(3) + 2)) + math.log(8 / 9))
     torch.testing.assert_close(ties, torch.tensor([(-math.log(sig(1 - math.log(3))) + math.log(4)) / 2, tie]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The table of objectives (`loss.OBJECTIVES`): configuration, data loading, the trainer and the model card read it.
+
+
+def test_configuration_reads_the_table():
+    import dataclasses
+
+    from reward_trainer.config import RewardConfig
+    from reward_trainer.loss import OBJECTIVES
+
+    loss_field = {f.name: f for f in dataclasses.fields(RewardConfig)}["loss"]
+    assert loss_field.metadata["choices"] == list(OBJECTIVES)
+    assert all(o.description in loss_field.metadata["help"] for o in OBJECTIVES.values())
+    for name, objective in OBJECTIVES.items():
+        for flag in ("length_debias", "length_projection"):
+            if objective.length_terms:
+                assert getattr(RewardConfig(output_dir="x", loss=name, **{flag: True}), flag)
+            else:
+                with pytest.raises(ValueError, match=f"--{flag} works with a pairwise loss"):
+                    RewardConfig(output_dir="x", loss=name, **{flag: True})
+        if objective.ties_in_loss:
+            assert RewardConfig(output_dir="x", loss=name, tie_theta=3.0).tie_theta == 3.0
+        else:
+            with pytest.raises(ValueError, match="--tie_theta needs --loss bt_ties"):
+                RewardConfig(output_dir="x", loss=name, tie_theta=3.0)
+    with pytest.raises(ValueError, match="--loss must be one of bradley_terry, bt_ties, plackett_luce, regression"):
+        RewardConfig(output_dir="x", loss="hinge")
+
+
+def test_an_objective_added_to_the_table_is_configured_trained_and_carded(monkeypatch, tiny_tokenizer):
+    """One row added to the table, and nothing else: the configuration accepts it, the trainer computes its loss
+    function on pairs, and the model card names it."""
+    from dataclasses import replace
+
+    import reward_trainer.loss as loss
+    from reward_trainer import RewardConfig, RewardTrainer
+    from reward_trainer.hub import model_card
+    from reward_trainer.quickstart import build_tiny_gpt2
+
+    def hinge(chosen, rejected, margin=None, center_rewards_coefficient=None):
+        return torch.relu(1 - (chosen - rejected))
+
+    hinge_row = replace(loss.OBJECTIVES["bradley_terry"], name="hinge", loss=hinge, description="a hinge", tag="hinge")
+    monkeypatch.setitem(loss.OBJECTIVES, "hinge", hinge_row)
+    args = RewardConfig(output_dir="x", loss="hinge", use_cpu=True, eval_strategy="no")
+    trainer = RewardTrainer(model=build_tiny_gpt2(tiny_tokenizer), args=args)
+    chosen, rejected = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([0.0, 0.0, 0.0])
+    losses, weight = trainer.objective(trainer.model, chosen, rejected, {})
+    torch.testing.assert_close(losses, torch.tensor([0.0, 0.5, 2.0]))  # max(0, 1 - gap): gaps 2, 0.5, -1
+    torch.testing.assert_close(weight, torch.ones(3))
+    card = model_card("me/rm", "b", "d", None, "c", loss="hinge")
+    assert "with a hinge." in card.text and "hinge" in card.data.tags

@@ -16,7 +16,7 @@ from reward_trainer.config import DataArguments, ModelArguments
 from reward_trainer.data import load_preference_data
 from reward_trainer.heads import TIE_PARAMETER, prepare_objective
 from reward_trainer.loading import load_reward_model
-from reward_trainer.loss import bradley_terry_loss
+from reward_trainer.loss import OBJECTIVES, bradley_terry_loss, rating_regression_loss
 from reward_trainer.metrics import compute_metrics
 from reward_trainer.train import train
 from reward_trainer.trainer import ranking_losses
@@ -28,6 +28,8 @@ def write_rows(path, kind: str, n: int = 24, seed: int = 0):
     """`ties`: explicit-prompt pairs, every third a tie; `rankings`: K = 2..4 responses with scores; `ratings`: one
     response per row, 2 or 3 per prompt, rated on `helpfulness` and `correctness` (0-4, some missing)."""
     rng = random.Random(seed)
+    if kind == "ratings_scattered":
+        return write_scattered_ratings(path, n, seed)
     with open(path, "w") as f:
         if kind == "ratings":
             for i in range(n):
@@ -52,6 +54,25 @@ def write_rows(path, kind: str, n: int = 24, seed: int = 0):
             else:
                 row = {"prompt": prompt, "responses": responses, "scores": [float((j * 7 + i) % k) for j in range(k)]}
             f.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def write_scattered_ratings(path, n: int = 24, seed: int = 0) -> str:
+    """The `ratings` format with 1, 2 or 3 responses per prompt (prompt i has 1 + i % 3), its rows shuffled so that a
+    prompt's rows are apart; every response rated on `helpfulness` and `correctness` (0-4, some correctness missing)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = " ".join(rng.choices(WORDS, k=2)) + f" | q{i}?\nanswer:"
+        for j in range(1 + i % 3):
+            correctness = None if (i + j) % 4 == 0 else (i * 3 + j) % 5
+            response = " " + " ".join(rng.choices(WORDS, k=1 + j))
+            rows.append(
+                {"prompt": prompt, "response": response, "helpfulness": (i + 2 * j) % 5, "correctness": correctness}
+            )
+    rng.shuffle(rows)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     return str(path)
 
 
@@ -86,9 +107,11 @@ def first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None
     args = args_for(tmp_path, f"b{batch}x{accumulation}", per_device_train_batch_size=batch,
                     gradient_accumulation_steps=accumulation, **config)  # fmt: skip
     attributes = ["helpfulness", "correctness"] if "ratings" in data_file else None
+    objective = OBJECTIVES[args.loss]
     data = load_preference_data(
         DataArguments(dataset_name=data_file, eval_fraction=0.0, max_length=64, attributes=attributes), tokenizer, seed=0,
-        ties_in_loss=args.loss == "bt_ties", rankings=args.loss == "plackett_luce",
+        ties_in_loss=objective.ties_in_loss, rankings=objective.data == "rankings",
+        single_responses=objective.data == "ratings",
     )  # fmt: skip
     prepare_objective(model, args, attributes=data.attributes)
     capture = Capture()
@@ -117,8 +140,17 @@ def assert_same_gradients(full, accumulated):
         ("ties", {"length_debias": True, "length_correlation_weight": 0.0}),  # the per-pair and per-step terms
         ("ratings", {"loss": "regression"}),
         ("ratings", {"loss": "bt_ties", "regression_weight": 0.5}),  # per attribute, ties where ratings are equal
+        ("ratings_scattered", {"loss": "regression"}),  # single responses (pairs of themselves) among the pairs
     ],
-    ids=["bt_ties", "bt_ties_fixed", "plackett_luce", "length_debias", "regression", "attributes_bt_ties"],
+    ids=[
+        "bt_ties",
+        "bt_ties_fixed",
+        "plackett_luce",
+        "length_debias",
+        "regression",
+        "attributes_bt_ties",
+        "regression_single_responses",
+    ],  # fmt: skip
 )
 def test_gradient_accumulation_is_exact(tmp_path, kind, config):
     data = write_rows(tmp_path / f"{kind}.jsonl", kind)
@@ -127,7 +159,7 @@ def test_gradient_accumulation_is_exact(tmp_path, kind, config):
     assert_same_gradients(full, accumulated)
     if config.get("loss") == "bt_ties" and "tie_theta" not in config:
         assert TIE_PARAMETER in full and full[TIE_PARAMETER].abs() > 0
-    if config.get("length_debias") or kind == "ratings":
+    if config.get("length_debias") or kind.startswith("ratings"):
         assert full["score.weight"].shape[0] == 2  # a length head, or two attributes
 
 
@@ -184,8 +216,12 @@ def test_ranking_items_are_batched_as_their_pairs_and_encoded_once(tiny_tokenize
 def test_compute_metrics_reports_tie_likelihoods():
     # alpha = log 3: d = 0 gives P(tie) = 1/2 and P(win) = 1/4, d = log 3 gives P(win) = 1/2 (tests/test_loss.py).
     alpha = np.log(3.0)
-    predictions = np.array([[0.0, 0.0, alpha], [1.0, 1.0, alpha], [alpha, 0.0, alpha]])
-    metrics = compute_metrics(EvalPrediction(predictions=predictions, label_ids=np.array([1, 0, 0])))
+    predictions = {
+        "chosen": np.array([0.0, 1.0, alpha]),
+        "rejected": np.array([0.0, 1.0, 0.0]),
+        "tie_alpha": [alpha] * 3,
+    }
+    metrics = compute_metrics(EvalPrediction(predictions=predictions, label_ids={"tie": np.array([1, 0, 0])}))
     assert metrics["tie_log_likelihood"] == pytest.approx(np.log(0.5))
     assert metrics["win_log_likelihood"] == pytest.approx((np.log(0.25) + np.log(0.5)) / 2)
     assert metrics["tie_theta"] == pytest.approx(3.0)
@@ -254,11 +290,14 @@ def step_losses(checkpoint) -> dict[int, float]:
 @pytest.mark.parametrize(
     "kind, config",
     [("ties", ["--loss", "bt_ties", "--length_debias", "true", "--length_correlation_weight", "0"]),
-     ("rankings", ["--loss", "plackett_luce"])],
-    ids=["bt_ties_length_debias", "plackett_luce"],
+     ("rankings", ["--loss", "plackett_luce"]),
+     ("ratings_scattered", ["--loss", "regression", "--attributes", "helpfulness", "correctness", "--eval_fraction",
+                            "0.3", "--per_device_eval_batch_size", "3"])],
+    ids=["bt_ties_length_debias", "plackett_luce", "regression_single_responses"],
 )  # fmt: skip
 def test_two_processes_match_one_process(tmp_path, kind, config):
-    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms)."""
+    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms); with
+    evaluation (ratings: the attributes' columns, single responses), the same metrics from the gathered columns."""
     import os
     import subprocess
     import sys
@@ -282,6 +321,22 @@ def test_two_processes_match_one_process(tmp_path, kind, config):
     losses_one, losses_two = (step_losses(tmp_path / name / "checkpoint-4") for name in ("one", "two"))
     assert sorted(losses_two) == [1, 2, 3, 4]
     np.testing.assert_allclose([losses_two[s] for s in range(1, 5)], [losses_one[s] for s in range(1, 5)], atol=1e-4)
+    if "--eval_fraction" in config:
+        metrics_one, metrics_two = (
+            json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("one", "two")
+        )
+        report = json.loads((tmp_path / "one" / "data_report.json").read_text())
+        assert metrics_two["eval_num_pairs"] == metrics_one["eval_num_pairs"]
+        assert metrics_two["eval_single_responses"] == metrics_one["eval_single_responses"] > 0
+        assert metrics_one["eval_num_pairs"] + metrics_one["eval_single_responses"] == report["eval_pairs"]
+        assert report["eval_pairs"] % 6 != 0  # 2 processes x batch 3 pad the last batch: duplicates would show
+        for key in (
+            "eval_accuracy",
+            "eval_rmse/helpfulness",
+            "eval_rmse/correctness",
+            "eval_rating_pearson/helpfulness",
+        ):
+            assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-4), key
 
 
 @pytest.mark.slow
@@ -321,6 +376,119 @@ def test_ratings_format_groups_responses_by_prompt_and_counts_every_row(tiny_tok
     assert pair["chosen_ratings"][0] == 2 and pair["rejected_ratings"][0] == 0
     assert np.isnan(pair["rejected_ratings"][1]) and pair["chosen_ratings"][1] == 1
     assert len(data.train) == 3 * 1 + 3 * 3  # pairs of each prompt's responses (equal mean ratings: ties)
+
+
+def test_ratings_wherever_their_rows_are_single_responses_and_ties_are_counted(tiny_tokenizer, tmp_path):
+    """Prompt a: three responses, rows apart (mean ratings 1.5, 4, 0: three pairs, weight 1/3 each); b, c, e: one
+    response each; d: three responses of equal mean rating (a tie: its three pairs, weight 1/3 each). 9 rows:
+    kept 3, ties 3, single responses 3. A loss that reads each response alone trains on a single response as the
+    pair of it with itself (places (0, 0), weight 1); a pairwise loss leaves it out, and the report says which."""
+    rows = [("a", " x", 1, 2), ("b", " y", 3, None), ("a", " z", 4, 4), ("c", " w", 2, 2), ("a", " v", 0, 0),
+            ("d", " u", 1, 1), ("d", " t", 1, 1), ("e", " s", 0, 1), ("d", " r", 1, 1)]  # fmt: skip
+    path = tmp_path / "ratings.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{p}?", "response": r, "helpfulness": h, "correctness": c}) + "\n"
+                            for p, r, h, c in rows))  # fmt: skip
+    args = DataArguments(dataset_name=str(path), attributes=["helpfulness", "correctness"], eval_fraction=0.0)
+    for single_responses in (True, False):
+        data = load_preference_data(args, tiny_tokenizer, single_responses=single_responses)
+        report = data.report
+        assert report["input_rows"] == 9 and report["single_responses_trained"] is single_responses
+        assert (report["kept"], report["ties"], report["single_responses"]) == (3, 3, 3)
+        assert report["train_rows"] == 5  # one row per prompt, wherever its rows were
+        pairs = data.train.to_list()
+        assert len(pairs) == 6 + 3 * single_responses
+        single = [p for p in pairs if p["chosen_response"] == p["rejected_response"]]
+        assert len(single) == 3 * single_responses
+        for pair in single:
+            assert pair["chosen_ids"] == pair["rejected_ids"] and pair["weight"] == 1.0 and pair["tie"] == 0.0
+            assert pair["chosen_ratings"] == pair["rejected_ratings"] or np.isnan(pair["chosen_ratings"][1])
+        ties = [p for p in pairs if p["tie"] == 1.0]
+        assert len(ties) == 3 and all(p["weight"] == pytest.approx(1 / 3) for p in ties)
+        a = [p for p in pairs if p["tie"] == 0.0 and p["chosen_response"] != p["rejected_response"]]
+        assert len(a) == 3 and sum(p["weight"] for p in a) == pytest.approx(1.0)
+
+
+def test_a_prompts_scattered_rows_are_held_out_together(tiny_tokenizer, tmp_path):
+    """The held-out split hashes the prompt, after a prompt's rows are grouped: each prompt is on one side, whole."""
+    import re
+
+    n = 60
+    path = write_rows(tmp_path / "ratings_scattered.jsonl", "ratings_scattered", n=n)
+    args = DataArguments(dataset_name=path, attributes=["helpfulness", "correctness"], eval_fraction=0.5)
+    data = load_preference_data(args, tiny_tokenizer, single_responses=True)
+    assert data.report["input_rows"] == sum(1 + i % 3 for i in range(n))
+    assert data.report["single_responses"] == n // 3 and data.report["train_rows"] + data.report["eval_rows"] == n
+
+    def prompts(pairs):
+        return {int(re.search(r"q(\d+)\?", tiny_tokenizer.decode(ids)).group(1)) for ids in pairs["chosen_ids"]}
+
+    train, held_out = prompts(data.train), prompts(data.eval)
+    assert train.isdisjoint(held_out) and train | held_out == set(range(n)) and len(held_out) > 10
+
+
+def test_single_response_ratings_train_with_regression_and_default_flags(tmp_path):
+    """A file whose prompts have one response each trains with `--loss regression --attributes ...`: every row in
+    data_report.json, and the eval loss is each held-out response's own squared error, recomputed here with plain
+    transformers from the saved model (float tolerance: the same fp32 forward, padded differently)."""
+    from reward_trainer.cli import main
+    from reward_trainer.data.formats import prompt_bucket
+
+    rows = [{"prompt": f"{WORDS[i % 12]} | q{i}?\nanswer:", "response": " " + " ".join(WORDS[i % 5 : i % 5 + 2]),
+             "helpfulness": i % 5, "correctness": None if i % 4 == 0 else (3 * i) % 5} for i in range(200)]  # fmt: skip
+    data = tmp_path / "single.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "model"
+    argv = ["train", "--dataset_name", str(data), "--loss", "regression", "--attributes", "helpfulness",
+            "correctness", "--output_dir", str(out), "--max_steps", "3", "--bf16", "false", "--disable_tqdm", "true"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["input_rows"] == report["single_responses"] == 200 and report["single_responses_trained"]
+    assert report["train_pairs"] == report["train_rows"] and report["eval_pairs"] == report["eval_rows"] > 0
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics["eval_single_responses"] == report["eval_rows"] and metrics["eval_num_pairs"] == 0
+    held_out = [row for row in rows if prompt_bucket(row["prompt"], 42) < 0.05]  # the default seed and eval_fraction
+    assert len(held_out) == report["eval_rows"] > 1
+    scorer = RewardScorer.from_pretrained(str(out))
+    with torch.no_grad():
+        outputs = torch.cat([scorer.model(**scorer.tokenizer(r["prompt"] + r["response"], return_tensors="pt")).logits
+                             for r in held_out])  # fmt: skip
+    ratings = torch.tensor(
+        [[r["helpfulness"], np.nan if r["correctness"] is None else r["correctness"]] for r in held_out]
+    )
+    own = rating_regression_loss(outputs, ratings.float()).mean().item()
+    assert metrics["eval_loss"] == pytest.approx(own, abs=1e-4)
+
+
+def test_prediction_columns_are_named(tmp_path, tiny_tokenizer):
+    """`prediction_step` returns named columns (`metrics.PREDICTION_COLUMNS`, `metrics.LABEL_COLUMNS`) that the
+    stock `Trainer.predict` concatenates key by key: ratings add each attribute's rewards and ratings, and a single
+    response is a row whose two places are equal."""
+    from reward_trainer.metrics import LABEL_COLUMNS, PREDICTION_COLUMNS
+
+    path = write_rows(tmp_path / "ratings_scattered.jsonl", "ratings_scattered", n=12)
+    torch.manual_seed(0)
+    model, tokenizer = load_reward_model(ModelArguments())
+    attributes = ["helpfulness", "correctness"]
+    args = DataArguments(dataset_name=path, attributes=attributes, eval_fraction=0.0, max_length=64)
+    data = load_preference_data(args, tokenizer, single_responses=True)
+    config = args_for(tmp_path, "p", loss="regression", per_device_eval_batch_size=5)  # batches of unequal size
+    prepare_objective(model, config, attributes=data.attributes)
+    prediction = RewardTrainer(model=model, args=config).predict(data.train)
+    columns, labels = prediction.predictions, prediction.label_ids
+    assert (
+        set(columns) == {"chosen", "rejected", "chosen_attributes", "rejected_attributes"} <= set(PREDICTION_COLUMNS)
+    )
+    assert (
+        {"tie", "group", "chosen_response", "chosen_ratings", "rejected_ratings"} <= set(labels) <= set(LABEL_COLUMNS)
+    )
+    n = len(data.train)
+    assert columns["chosen"].shape == (n,) and columns["chosen_attributes"].shape == labels[
+        "chosen_ratings"
+    ].shape == (n, 2)
+    np.testing.assert_allclose(columns["chosen"], columns["chosen_attributes"] @ [0.5, 0.5], rtol=1e-6)
+    single = labels["chosen_response"] == labels["rejected_response"]
+    assert single.sum() == 4 and (columns["chosen"][single] == columns["rejected"][single]).all()
+    np.testing.assert_array_equal(labels["group"], data.train["group"])
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,8 @@ def test_given_trls_batches_the_losses_are_trls(tmp_path):
 def test_compute_metrics_counts_ties_as_half():
     rewards = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]])  # right, wrong, model tie, human tie
     human_tie = np.array([0, 0, 0, 1])
-    metrics = compute_metrics(EvalPrediction(predictions=rewards, label_ids=human_tie))
+    columns = {"chosen": rewards[:, 0], "rejected": rewards[:, 1]}
+    metrics = compute_metrics(EvalPrediction(predictions=columns, label_ids={"tie": human_tie}))
     assert metrics["accuracy"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
     assert metrics["tie_rate"] == pytest.approx(0.25)
     assert metrics["margin"] == pytest.approx((1 - 1 + 0 + 3) / 4)

@@ -19,8 +19,12 @@ the cache instead of tokenizing again):
    `subset` (a `ClassLabel`): the row's own `source` or `subset` field, else its source in a mixture.
 
 The report (`data_report.json`) puts every input row in exactly one bucket:
-`input_rows == kept + truncated + filtered + ties + skipped + unused` (`unused`: left out by mixture weights or
-`max_train_samples`/`max_eval_samples`; a tie that is also truncated counts as a tie, a filtered one as filtered).
+`input_rows == kept + truncated + filtered + ties + single_responses + skipped + unused` (`unused`: left out by
+mixture weights or `max_train_samples`/`max_eval_samples`; `single_responses`: the rows of prompts with one response
+(the `ratings` format), trained on by a loss that reads each response alone, `regression`, and left out of a
+pairwise loss, as `single_responses_trained` says; a tie or single response that is also truncated counts as a tie
+or single response, a filtered one as filtered). A prompt's `ratings` rows are grouped wherever they are in the
+file, and the held-out split hashes the prompt, so all of a prompt's rows are on one side.
 An empty (or whitespace-only) response is a response, not a bad row: HH-RLHF's annotators sometimes preferred
 silence to harm. They are kept and counted in `empty_responses`. Whole-file problems (a missing or empty file, a
 file that is not JSON rows, a missing column, a JSON array that does not parse) stop the run in both modes.
@@ -45,7 +49,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
-from ..chat import chat_template_of, renders_implicit_prompt_with_template
+from ..chat import chat_template_of, renders_implicit_prompt_with_template, split_implicit_prompt
 from ..config import DataArguments
 from ..errors import DataError
 from .formats import (
@@ -55,7 +59,6 @@ from .formats import (
     indices_where,
     normalize,
     resolve_format,
-    split_implicit_prompt,
 )
 from .pairs import encode_subsets, expand_pairs, expand_rankings, is_tie
 from .sources import display_name, parse_sources, read_source, subset_names
@@ -71,6 +74,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("reward_trainer")
+# The buckets of the row accounting: every input row is in exactly one (see the module docstring).
+BUCKETS = ("kept", "truncated", "filtered", "ties", "single_responses", "skipped", "unused")
 
 
 @dataclass
@@ -87,14 +92,17 @@ def load_preference_data(
     seed: int = 42,
     ties_in_loss: bool = False,
     rankings: bool = False,
+    single_responses: bool = False,
 ) -> PreferenceData:
     """Loads, checks, splits and tokenizes the pairs named by `data_args`; see the module docstring.
 
     `ties_in_loss` (a loss that models ties): tie pairs are trained on, with weight 1, and weigh 1 in the eval
     loss. `rankings` (a listwise loss): the training set holds one item per row (`expand_rankings`), so that
-    all the responses of a ranking go to one batch; the eval set stays pairs, which the metrics read."""
+    all the responses of a ranking go to one batch; the eval set stays pairs, which the metrics read.
+    `single_responses` (a loss that reads each response alone): a prompt with a single response is trained on, as
+    the pair of that response with itself (`expand_pairs`), in both sets; else it is counted and left out."""
     sources = parse_sources(data_args)
-    report = {k: 0 for k in ("input_rows", "kept", "truncated", "filtered", "ties", "skipped", "unused")}
+    report = {k: 0 for k in ("input_rows", *BUCKETS)}
     report["empty_responses"] = 0
     report["skipped_rows"], report["sources"] = [], []
     train_parts, eval_parts, has_margin, has_ratings, attributes = [], [], False, False, None
@@ -139,11 +147,22 @@ def load_preference_data(
         train_pairs = expand_rankings(train)
     else:
         train_pairs = expand_pairs(
-            train, keep_ties=ties_in_loss or has_ratings, margin=has_margin, tie_weight=tie_weight, ratings=has_ratings
+            train,
+            keep_ties=ties_in_loss or has_ratings,
+            margin=has_margin,
+            tie_weight=tie_weight,
+            ratings=has_ratings,
+            single_responses=single_responses,
         )
         train_pairs = train_pairs.remove_columns([c for c in ("subset",) if c in train_pairs.column_names])
     eval_pairs = expand_pairs(
-        test, keep_ties=True, margin=has_margin, group_offset=len(train), tie_weight=tie_weight, ratings=has_ratings
+        test,
+        keep_ties=True,
+        margin=has_margin,
+        group_offset=len(train),
+        tie_weight=tie_weight,
+        ratings=has_ratings,
+        single_responses=single_responses,
     )
     eval_pairs = encode_subsets(eval_pairs)
     report.update(
@@ -154,9 +173,18 @@ def load_preference_data(
         truncation=data_args.truncation,
         max_length=data_args.max_length,
     )
-    accounted = sum(report[k] for k in ("kept", "truncated", "filtered", "ties", "skipped", "unused"))
+    report["single_responses_trained"] = single_responses
+    accounted = sum(report[k] for k in BUCKETS)
     assert accounted == report["input_rows"], f"row accounting is off: {accounted} != {report['input_rows']}"
     logger.info("data: %s", {k: v for k, v in report.items() if k != "skipped_rows"})
+    if report["single_responses"]:
+        logger.info(
+            "data: %d rows are the only response to their prompt: %s",
+            report["single_responses"],
+            "trained on (each response's own ratings)"
+            if single_responses
+            else "left out (a pairwise loss has no pair there; --loss regression trains on them)",
+        )
     if len(train_pairs) == 0:
         raise DataError(f"{data_args.dataset_name}: no training pairs left (see the counts above)")
     return PreferenceData(train_pairs, eval_pairs if len(eval_pairs) else None, report, attributes)
@@ -245,5 +273,8 @@ def _count_statuses(rows: Dataset, report: dict) -> None:
     scores = table["scores"].to_pylist()
     counts = table["_rows"].to_pylist() if "_rows" in table.column_names else [1] * len(statuses)
     for status, row_scores, count in zip(statuses, scores, counts, strict=False):
-        key = "ties" if status != "filtered" and is_tie(row_scores) else status
-        report[key] += count
+        if status != "filtered" and len(row_scores) == 1:
+            status = "single_responses"
+        elif status != "filtered" and is_tie(row_scores):
+            status = "ties"
+        report[status] += count

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 
-from ..chat import ASSISTANT_MARKER, parse_implicit_conversation, split_rendered_prompt
+from ..chat import parse_implicit_conversation, split_implicit_prompt, split_rendered_prompt
 from ..config import DataArguments
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
@@ -181,31 +181,6 @@ def _number(row: dict, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise RowError(name, f"expected a finite number, got {value!r}")
     return float(value)
-
-
-def common_prefix_length(a: str, b: str) -> int:
-    """Length of the longest common prefix: a binary search over slices compared in C (`os.path.commonprefix`
-    compares character by character in Python, the slowest step of reading HH-RLHF)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def split_implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """(prompt, chosen response, rejected response) of two whole conversations.
-
-    The prompt is the shared text up to and including the last "\\n\\nAssistant:" that both share; when the
-    conversations differ before their final turn, the responses are the differing remainders (several
-    turns), so `prompt + response` is still exactly each original conversation.
-    """
-    cut = chosen.rfind(ASSISTANT_MARKER, 0, common_prefix_length(chosen, rejected))
-    cut = 0 if cut < 0 else cut + len(ASSISTANT_MARKER)
-    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def _messages(row: dict, name: str) -> list[dict]:

@@ -10,7 +10,8 @@ from .mapping import fingerprint
 
 
 def is_tie(scores: list[float]) -> bool:
-    return len(scores) == 2 and scores[0] == scores[1]
+    """Whether a row's responses (two or more) all score the same: the annotators called it a tie."""
+    return len(scores) >= 2 and len(set(scores)) == 1
 
 
 def _expand_batch(
@@ -21,6 +22,7 @@ def _expand_batch(
     group_offset: int,
     tie_weight: float,
     ratings: bool = False,
+    single_responses: bool = False,
 ) -> pa.Table:
     # The pairs are decided in Python from the scores; the token ids stay in Arrow (`take` on the flat list
     # of responses), so no id is converted to a Python int and back.
@@ -43,13 +45,17 @@ def _expand_batch(
     for index, start, stop, scores, row_margin, subset, rated in rows:
         if start == stop:  # filtered
             continue
-        if is_tie(scores):
-            pairs, weight = ([(0, 1)] if keep_ties else []), tie_weight
+        k = stop - start
+        if k == 1:  # a single response: a pair of itself, for a loss that reads each response alone
+            pairs, weight = ([(0, 0)] if single_responses else []), 1.0
+        elif is_tie(scores):
+            pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] if keep_ties else []
+            weight = tie_weight / max(len(pairs), 1)
         else:
             pairs = [
                 (i, j) if scores[i] > scores[j] else (j, i)
-                for i in range(stop - start)
-                for j in range(i + 1, stop - start)
+                for i in range(k)
+                for j in range(i + 1, k)
                 if scores[i] != scores[j]
             ]
             weight = 1.0 / len(pairs)
@@ -85,14 +91,23 @@ def _expand_batch(
 
 
 def expand_pairs(
-    rows: Dataset, keep_ties: bool, margin: bool, group_offset: int = 0, tie_weight: float = 0.0, ratings: bool = False
+    rows: Dataset,
+    keep_ties: bool,
+    margin: bool,
+    group_offset: int = 0,
+    tie_weight: float = 0.0,
+    ratings: bool = False,
+    single_responses: bool = False,
 ) -> Dataset:
     """Rows -> one pair per (better, worse) response: `chosen_ids`, `rejected_ids`, `weight`, `tie`, `group`.
 
-    A pair row has weight 1; a tie `tie` 1.0 and weight `tie_weight` (0: left out of the loss; 1 for a loss
-    that models ties), kept only when `keep_ties` (evaluation counts it 0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs each,
-    so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
+    A pair row has weight 1; a tie (all responses score the same) gives its pairs `tie` 1.0 and weights summing to
+    `tie_weight` (0: left out of the loss; 1 for a loss that models ties), kept only when `keep_ties` (evaluation
+    counts them 0.5); a ranking of K responses gives its K(K-1)/2 pairs (equal scores excepted) weight 1/num_pairs
+    each, so each prompt weighs 1, and `group` (the row index) ties them to their prompt; `chosen_response` and
     `rejected_response` are the two responses' places in the row, so that evaluation can rebuild the ranking.
+    A row with a single response (ratings) has no pair: with `single_responses` (a loss that reads each response
+    alone) it becomes the pair of that response with itself, weight 1, places (0, 0); else it is left out.
     `margin` is the row's margin, or the score difference; `subset` the row's subset name. With `ratings` (the
     `ratings` format), `chosen_ratings` / `rejected_ratings` hold each response's ratings (NaN: missing).
     """
@@ -114,10 +129,13 @@ def expand_pairs(
             "group_offset": group_offset,
             "tie_weight": tie_weight,
             "ratings": ratings,
+            "single_responses": single_responses,
         },  # fmt: skip
         remove_columns=rows.column_names,
         features=Features(features),
-        new_fingerprint=fingerprint(rows._fingerprint, keep_ties, margin, group_offset, tie_weight, ratings),
+        new_fingerprint=fingerprint(
+            rows._fingerprint, keep_ties, margin, group_offset, tie_weight, ratings, single_responses
+        ),
         desc="Pairing",
     )
     return pairs.with_format(None)
