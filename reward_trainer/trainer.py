@@ -357,11 +357,14 @@ class RewardTrainer(Trainer):
             return self.predict_part(model, inputs, prediction_loss_only)
         # A batch cut into micro-batches: their rows in order, and the loss weighted by each one's pairs.
         outputs = [self.predict_part(model, part, prediction_loss_only) for part in parts]
-        weights = torch.tensor([float(batch_weight(part)) for part in parts])
-        loss = sum(out[0].float().cpu() * w for out, w in zip(outputs, weights)) / weights.sum().clamp_min(1e-12)
+        weights = [float(batch_weight(part)) for part in parts]
+        loss = sum(out[0].float() * w for out, w in zip(outputs, weights)) / max(sum(weights), 1e-12)
         if prediction_loss_only:
             return loss, None, None
-        return loss, torch.cat([out[1] for out in outputs]), torch.cat([out[2] for out in outputs])
+        predictions, labels = (
+            {key: torch.cat([out[i][key] for out in outputs]) for key in outputs[0][i]} for i in (1, 2)
+        )
+        return loss, predictions, labels
 
     def predict_part(self, model, inputs, prediction_loss_only):
         """`prediction_step` of one batch that is not cut into micro-batches."""
