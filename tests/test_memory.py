@@ -117,7 +117,9 @@ def test_evaluation_of_micro_batches_gives_the_same_rewards(tmp_path):
     # The same forward per pair (rows never see each other): equal to float32 rounding of different row layouts.
     assert b.predictions.keys() == a.predictions.keys() and b.label_ids.keys() == a.label_ids.keys()
     for key in a.predictions:
-        torch.testing.assert_close(torch.tensor(b.predictions[key]), torch.tensor(a.predictions[key]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(b.predictions[key]), torch.tensor(a.predictions[key]), atol=1e-5, rtol=0
+        )
     for key in a.label_ids:
         assert (b.label_ids[key] == a.label_ids[key]).all(), key
     assert b.metrics["test_loss"] == pytest.approx(a.metrics["test_loss"], abs=1e-5)
