@@ -1,11 +1,12 @@
 """Fixtures and helpers shared by several test files.
 
-Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`) are imported with
+Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`, `flex_attention_runs_here`) are imported with
 `from conftest import ...`: pytest puts this folder on `sys.path`.
 """
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,13 @@ def cpu_without_native_bf16(monkeypatch):
     info = hardware.cpu_info()
     fake = hardware.CpuInfo(info.model, info.cores, "AVX2", info.flags - {"avx512_bf16", "amx_bf16"})
     monkeypatch.setattr(hardware, "cpu_info", lambda: fake)
+
+
+def flex_attention_runs_here() -> bool:
+    """Flex attention compiles its kernel with inductor, which needs torch's flex module and a C++ compiler."""
+    from transformers.utils import is_torch_flex_attn_available
+
+    return is_torch_flex_attn_available() and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
 def tiny_policy(tokenizer):
