@@ -72,11 +72,15 @@ def test_shared_prefix_length():
     assert shared_prefix_length([7], [1]) == 0
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)  # `-m gpu` runs the same check on the GPU's kernels
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", ["gpt2", "llama", "smollm2-shaped"])
 @pytest.mark.parametrize("pack", [True, False])
-def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack):
-    model = build(name, attn)
+def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack, device):
+    model = build(name, attn).to(device)
     assert supports_prefix_sharing(model)
     c0, r0, g0 = rewards_and_grads(model, PreferenceCollator(PAD)(ROWS))
     shared = PrefixSharingCollator(PAD, pack=pack)(ROWS)
@@ -111,6 +115,18 @@ def test_flex_attention_takes_the_tree_as_a_block_mask(name):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llama", "smollm2-shaped"])
+def test_flex_attention_prefix_sharing_gradients_on_cuda(name):
+    """On CUDA flex attention has a backward: rewards and gradients equal the plain forward's (1e-4, as above)."""
+    model = build(name, "flex_attention").to("cuda")
+    c0, r0, g0 = rewards_and_grads(build(name, "sdpa").to("cuda"), PreferenceCollator(PAD)(ROWS))
+    c1, r1, g1 = rewards_and_grads(model, PrefixSharingCollator(PAD)(ROWS))
+    torch.testing.assert_close(torch.stack([c1, r1]), torch.stack([c0, r0]), atol=1e-4, rtol=0)
+    for key in g0:
+        torch.testing.assert_close(g1[key], g0[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
 @pytest.mark.parametrize("attn", ["flash_attention_2", "flash_attention_3"])
 def test_flash_attention_turns_prefix_sharing_off_with_one_warning(attn, caplog):
     """Flash kernels take no custom mask: the plain collator is picked, with one warning naming the kernel and the
@@ -134,6 +150,7 @@ def test_flash_attention_turns_prefix_sharing_off_with_one_warning(attn, caplog)
 
 
 def rewards_and_grads(model, batch):
+    batch = {key: value.to(next(model.parameters()).device) for key, value in batch.items()}
     model.zero_grad()
     chosen, rejected = pair_rewards(model, batch)
     bradley_terry_loss(chosen, rejected).sum().backward()
