@@ -39,6 +39,17 @@ SMALL = [
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip where no CUDA device is: a `-m` that selects them (`-m "not slow"` replaces the
+    default `not gpu`) still passes on a CPU machine."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def cpu_without_native_bf16(monkeypatch):
     """Every test sees a CPU without native bf16, so that the automatic precision is fp32 on every machine and the
