@@ -8,14 +8,15 @@ Build the environment before the timed run, on the GPU machine, from the reposit
     # --find-links wheels/ ...`; an image with its own CUDA torch keeps it (`pip install --no-deps -e .`)
 
 Run (under 8 minutes on one H100; each check has its own time budget, `BUDGETS`, cut to what is left of
-`TOTAL_SECONDS`, and a check past its budget is stopped and reported FAIL):
+`TOTAL_SECONDS`, and a check past its budget is stopped and reported FAIL with what it got done):
 
     .venv/bin/python scripts/gpu_checks.py --output gpu_checks.json
+    .venv/bin/python scripts/gpu_checks.py --only training scoring --time-scale 2    # again, with twice the time
     .venv/bin/python scripts/gpu_checks.py --dry-run --output /tmp/gpu_checks.json   # any CPU: every check tiny
 
 The checks:
-  tests           the README's test command with CUDA visible (`-n 8 -m "not network"` with pytest-xdist, else
-                  the fast subset), then the tests marked `gpu`;
+  tests           the tests marked `gpu`, then the README's test command with CUDA visible (`python -m pytest`,
+                  on 8 workers with pytest-xdist): counts and failed tests, also of a run stopped at its budget;
   prefix_sharing  rewards and gradients of prefix-shared rows against the plain forward on CUDA, per model and
                   attention implementation: fp32 PASS at <= 1e-4 (the suite's bound), bf16 autocast reported; and
                   which SDPA kernel runs the boolean 4D mask, with each kernel's time against causal flash;
@@ -48,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 # Seconds per check; the whole run stops at TOTAL_SECONDS (the 8 minutes, less start-up).
-BUDGETS = {"tests": 110, "prefix_sharing": 60, "training": 120, "accelerate": 100, "scoring": 70}
+BUDGETS = {"tests": 150, "prefix_sharing": 45, "training": 110, "accelerate": 100, "scoring": 60}
 TOTAL_SECONDS = 465
 DRY_RUN_SCALE = 4
 GPU_CONFIGS = ("single_gpu", "fsdp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
@@ -92,29 +93,48 @@ def failure(name: str, code: int | None, output: str, budget: float) -> Result:
 # --- 1. the test suite ------------------------------------------------------------------------------------------
 
 
+def pytest_counts(output: str) -> tuple[dict[str, int], list[str]]:
+    """Outcome counts and failed test ids from pytest's `-v` lines (`PASSED tests/...`, with xdist `[gw0] ...`):
+    readable from a run stopped at its budget, which prints no summary."""
+    counts, failed = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}, []
+    for line in output.split("short test summary info")[0].splitlines():  # the summary repeats the failures
+        match = re.search(
+            r"\b(PASSED|FAILED|SKIPPED|ERROR)\b.*?(tests/\S+)|(tests/\S+) (PASSED|FAILED|SKIPPED|ERROR)", line
+        )
+        if match:
+            outcome = (match.group(1) or match.group(4)).lower()
+            counts[outcome] += 1
+            if outcome in ("failed", "error"):
+                failed.append(match.group(2) or match.group(3))
+    return counts, failed
+
+
 def check_tests(dry_run: bool, budget: float) -> list[Result]:
+    """The gpu-marked tests, then the README's test command (`python -m pytest`: everything but `gpu` and `network`)
+    with CUDA visible, on 8 workers when pytest-xdist is installed."""
     import torch
 
-    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    pytest = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic"]
     if dry_run:
-        command = [*pytest, "tests/test_loss.py"]
-    elif importlib.util.find_spec("xdist"):
-        command = [*pytest, "-n", "8", "-m", "not network"]  # the README's command, gpu tests included
+        suite = [*pytest, "tests/test_loss.py"]
     else:
-        command = [*pytest, "-m", "not slow and not network"]  # the whole suite needs pytest-xdist to fit
-    if torch.cuda.is_available():
-        budget, gpu_budget = budget * 0.8, budget * 0.2
-    results = []
-    for name, selected in (("tests", command), ("tests: gpu-marked", [*pytest, "-m", "gpu"])):
-        if name != "tests" and not torch.cuda.is_available():
-            results.append(Result(name, "SKIP", "no CUDA device"))
-            continue
-        code, output = run(selected, budget if name == "tests" else gpu_budget)
-        summary = next((line for line in reversed(output.splitlines()) if re.search(r"\d+ (passed|failed)", line)), "")
-        if code == 0:
-            results.append(Result(name, "PASS", f"{' '.join(selected[3:])}: {summary.strip('= ')}"))
+        suite = [*pytest, *(["-n", "8"] if importlib.util.find_spec("xdist") else [])]
+    runs = [("tests", suite, budget)]
+    if torch.cuda.is_available():  # the gpu tests first: they are few, and the suite may use all that is left
+        runs = [("tests: gpu-marked", [*pytest, "-m", "gpu"], budget * 0.2), ("tests", suite, budget * 0.8)]
+    results = [] if torch.cuda.is_available() else [Result("tests: gpu-marked", "SKIP", "no CUDA device")]
+    for name, command, seconds in runs:
+        code, output = run(command, seconds)
+        counts, failed = pytest_counts(output)
+        shown = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        where = " ".join(command[len(pytest) :]) or "the whole suite"
+        if code is None:
+            figure = f"{where}: stopped at its {seconds:.0f} s budget after {shown or 'no result'}"
         else:
-            results.append(failure(name, code, output, budget if name == "tests" else gpu_budget))
+            figure = f"{where}: {shown or output.strip().splitlines()[-1][-200:]}"
+        if failed:
+            figure += "; failed: " + " ".join(failed[:8]) + (" ..." if len(failed) > 8 else "")
+        results.append(Result(name, "PASS" if code == 0 else "FAIL", figure, {"counts": counts, "failed": failed}))
     return results
 
 
@@ -465,6 +485,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=CHECKS, default=list(CHECKS), help="The checks to run, in order.")
     parser.add_argument("--output", default="gpu_checks.json", help="The JSON of every line and figure.")
     parser.add_argument("--workdir", help="Where runs write (default: a temporary folder).")
+    parser.add_argument(
+        "--time-scale", type=float, help=f"Multiplies every budget and the total (default 1; {DRY_RUN_SCALE} dry)."
+    )
     parser.add_argument("--in-process", metavar="CHECK", help=argparse.SUPPRESS)  # one check, results on stdout
     parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)  # its seconds
     args = parser.parse_args(argv)
@@ -479,7 +502,8 @@ def main(argv=None) -> int:
 
     machine = machine_line()
     print(machine + (" (dry run: every check tiny, on the CPU)" if args.dry_run else ""), flush=True)
-    scale = DRY_RUN_SCALE if args.dry_run else 1  # a shared CPU runs the tiny checks slower than an H100 the real ones
+    # A shared CPU runs the tiny checks slower than an H100 runs the real ones.
+    scale = args.time_scale or (DRY_RUN_SCALE if args.dry_run else 1)
     deadline, results = time.monotonic() + TOTAL_SECONDS * scale, []
     for name in args.only:
         budget = min(BUDGETS[name] * scale, deadline - time.monotonic())
