@@ -17,13 +17,29 @@ the longest tree, which removes most padding without making any row longer.
 
 Only exact for causal attention: a bidirectional encoder (BERT) would let the prompt see the
 responses; `supports_prefix_sharing` says no for those, and the plain path is used.
+
+Each attention implementation of transformers takes the tree mask its own way, or not at all:
+    eager            an additive float mask (0 where a token may attend, the dtype's minimum elsewhere);
+    sdpa             the boolean 4D mask; on CUDA the memory-efficient or cuDNN kernel runs it (the flash kernel
+                     of SDPA takes no mask), on the CPU the fused CPU flash kernel does;
+    flex_attention   a `BlockMask` built from the boolean mask: blocks the tree hides are skipped. transformers
+                     passes a 4D tensor to flex as an additive score, so the boolean mask is never given as is;
+    flash_attention_2 and the other flash kernels: no custom mask (only causal masks over padded or packed
+                     sequences, where a response would see the other one): prefix sharing is off, with one
+                     warning that says so and what it costs.
 """
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from .heads import base_model_of
+
+logger = logging.getLogger("reward_trainer")
+
+# The attention implementations that compute exactly under the prefix-sharing mask (see the module docstring).
+PREFIX_SHARING_ATTENTION = ("eager", "sdpa", "flex_attention")
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -180,15 +196,51 @@ def prefix_shared_batch(
     }
 
 
-def supports_prefix_sharing(model) -> bool:
-    """True for causal backbones with a `score` head whose attention accepts a custom 4D mask."""
+def prefix_sharing_refusal(model) -> tuple[str, str] | None:
+    """Why prefix sharing would not be exact on `model`, as (kind, words), or None when it is.
+
+    kind is `architecture` (no `score` head, or bidirectional attention: the plain path by design) or
+    `attention` (a causal reward model whose attention implementation takes no custom mask).
+    """
     model = base_model_of(model)  # PEFT
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if backbone is None or not hasattr(model, "score"):
-        return False
-    if model.config._attn_implementation not in ("eager", "sdpa"):  # flash kernels take no 4D mask
-        return False
-    return any(getattr(m, "is_causal", False) is True for m in backbone.modules())
+        return "architecture", "no backbone with a `score` head"
+    if not any(getattr(m, "is_causal", False) is True for m in backbone.modules()):
+        return "architecture", "bidirectional attention: the prompt would see the responses"
+    attention = model.config._attn_implementation
+    if attention not in PREFIX_SHARING_ATTENTION:
+        return "attention", f"attention implementation {attention!r} takes no custom attention mask"
+    return None
+
+
+def supports_prefix_sharing(model) -> bool:
+    """True for causal backbones with a `score` head whose attention computes exactly under the tree mask
+    (`PREFIX_SHARING_ATTENTION`). A causal reward model on another attention implementation (flash attention)
+    gets one warning: prefix sharing is off, and what that costs."""
+    refusal = prefix_sharing_refusal(model)
+    if refusal is not None and refusal[0] == "attention":
+        logger.warning(
+            "prefix sharing off: %s (a response would see the other responses of its prompt). Each sequence is "
+            "encoded whole, every prompt once per response, in batches padded to their longest sequence: the "
+            "work prefix sharing saves. The `sdpa` or `flex_attention` implementation (`--attn_implementation`) "
+            "keeps it on, with the same rewards.",
+            refusal[1],
+        )
+    return refusal is None
+
+
+def flex_block_mask(mask: torch.Tensor):
+    """The boolean (R, 1, T, T) prefix-sharing mask as flex attention's `BlockMask` (True: may attend)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows, length = mask.shape[0], mask.shape[-1]
+    # Indexed as (R, T*T): inductor's CPU flex kernel (torch 2.13) fails to compile a mask that indexes a 3D tensor
+    # once the batch shapes vary and it recompiles with dynamic shapes; a 2D index compiles.
+    flat = mask.reshape(rows, length * length)
+    return create_block_mask(
+        lambda b, h, q, kv: flat[b, q * length + kv], rows, None, length, length, device=mask.device, _compile=False
+    )
 
 
 def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -199,9 +251,12 @@ def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     """
     inner = base_model_of(model)  # inside DDP / DeepSpeed / FSDP and PEFT wrappers
     mask = inputs["attention_mask"]
-    if inner.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+    attention = inner.config._attn_implementation
+    if attention == "eager":  # eager attention adds the mask to the scores
         dtype = next(inner.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    elif attention == "flex_attention":  # a 4D tensor would be added to the scores: flex takes a BlockMask
+        mask = flex_block_mask(mask)
     captured = []
     handle = inner.score.register_forward_hook(lambda module, args, output: captured.append(output))
     try:

@@ -61,7 +61,7 @@ class RewardScorer:
 
     Args:
         max_batch_tokens: a batch holds at most this many tokens, padding included (rows x longest row).
-            None: 2,048 on CPU (measured fastest there: bigger batches leave the caches), 32,768 on a GPU.
+            None: 2,048 on CPU, 32,768 on a GPU (the budgets BENCHMARKS.md's scoring figures were measured at).
         max_length: longer texts are cut from the left (the tokenizer's `truncation_side` is set to `left`),
             keeping the response and the special tokens; None: the model's maximum positions, if it has one.
         padding_side: `right` (default) or `left`; both give the same rewards for decoder models. Encoders

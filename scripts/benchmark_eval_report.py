@@ -10,6 +10,7 @@
 3. Trains `all-MiniLM-L6-v2` with that recipe (unless `--model` names a model it trained) and runs
    `reward-trainer evaluate` on the held-out prompts and the PandaLM pairs (one subset each, out of domain
    for PandaLM); the report lands in OUTPUT_DIR/report.
+It prints the machine first (`hardware.machine_line`) and writes it, with the baselines, to OUTPUT_DIR/benchmark.json.
 """
 
 import argparse
@@ -73,6 +74,10 @@ def main() -> None:
     parser.add_argument("--skip_training", action="store_true", help="Only the length baselines.")
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
+    from reward_trainer.hardware import machine_line
+
+    machine = machine_line()
+    print(machine, flush=True)
 
     hh_train, hh_test = hh_split(
         os.path.join(args.shared_data, "hh-rlhf", "harmless-base", "test.jsonl.gz"), args.eval_fraction, args.seed
@@ -81,12 +86,16 @@ def main() -> None:
     test_path = write_jsonl(os.path.join(args.output_dir, "hh_harmless_heldout.jsonl"), hh_test)
     pandalm_path = write_jsonl(os.path.join(args.output_dir, "pandalm_majority.jsonl"), pandalm)
     print("| dataset | pairs | longer-wins accuracy |\n| --- | --- | --- |")
+    baselines = {}
     for name, rows in [
         ("HH-RLHF harmless-base (all)", hh_train + hh_test),
         ("HH-RLHF harmless-base (held-out prompts)", hh_test),
         ("PandaLM test set v1 (majority-vote pairs)", pandalm),
     ]:
-        print(f"| {name} | {len(rows)} | {longer_wins(rows):.4f} |")
+        baselines[name] = {"pairs": len(rows), "longer_wins_accuracy": longer_wins(rows)}
+        print(f"| {name} | {len(rows)} | {baselines[name]['longer_wins_accuracy']:.4f} |")
+    with open(os.path.join(args.output_dir, "benchmark.json"), "w", encoding="utf-8") as f:
+        json.dump({"machine": machine, "longer_wins_baselines": baselines}, f, indent=2)
     if args.skip_training:
         return
 

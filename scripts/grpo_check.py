@@ -8,7 +8,8 @@ LM folder) with `trl.GRPOTrainer(reward_funcs=scorer)` on HH-RLHF held-out promp
 continues "\\n\\nHuman: ...\\n\\nAssistant:", and the reward model scores prompt + completion, the HH text it
 was trained on). The scorer sees each GRPO group's prompt once (grouped scoring). At the end, the rewards TRL
 logged for the last generation batch are compared with a fresh scorer's, each text scored alone; exits 1 if
-any differs by more than 1e-4. `tests/test_rl_client.py` runs the same check on tiny models.
+any differs by more than 1e-4. `tests/test_rl_client.py` runs the same check on tiny models. The first line it
+prints is the machine (`hardware.machine_line`).
 """
 
 import argparse
@@ -36,6 +37,9 @@ def main():
     from reward_trainer import RewardScorer
     from reward_trainer.best_of_n import heldout_prompts, load_policy
     from reward_trainer.config import BestOfNArguments
+    from reward_trainer.hardware import machine_line
+
+    print(machine_line(), flush=True)
 
     torch.set_num_threads(args.threads)
     options = BestOfNArguments(proxy_model="", gold_model="", dataset_name=args.data)

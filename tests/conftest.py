@@ -1,11 +1,12 @@
 """Fixtures and helpers shared by several test files.
 
-Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`) are imported with
+Plain helpers (`SMALL`, `subprocess_env`, `step_losses`, `tiny_policy`, `flex_attention_runs_here`) are imported with
 `from conftest import ...`: pytest puts this folder on `sys.path`.
 """
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,17 @@ SMALL = [
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip where no CUDA device is: a `-m` that selects them (`-m "not slow"` replaces the
+    default `not gpu`) still passes on a CPU machine."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def cpu_without_native_bf16(monkeypatch):
     """Every test sees a CPU without native bf16, so that the automatic precision is fp32 on every machine and the
@@ -48,6 +60,13 @@ def cpu_without_native_bf16(monkeypatch):
     info = hardware.cpu_info()
     fake = hardware.CpuInfo(info.model, info.cores, "AVX2", info.flags - {"avx512_bf16", "amx_bf16"})
     monkeypatch.setattr(hardware, "cpu_info", lambda: fake)
+
+
+def flex_attention_runs_here() -> bool:
+    """Flex attention compiles its kernel with inductor, which needs torch's flex module and a C++ compiler."""
+    from transformers.utils import is_torch_flex_attn_available
+
+    return is_torch_flex_attn_available() and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
 def tiny_policy(tokenizer):

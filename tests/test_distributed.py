@@ -30,6 +30,7 @@ EXPECTED_CONFIGS = {  # file -> (distributed_type, mixed_precision)
     "multi_gpu.yaml": ("MULTI_GPU", "bf16"),
     "multi_node.yaml": ("MULTI_GPU", "bf16"),
     "fsdp.yaml": ("FSDP", "bf16"),
+    "fsdp2.yaml": ("FSDP", "bf16"),
     "deepspeed_zero2.yaml": ("DEEPSPEED", "bf16"),
     "deepspeed_zero3.yaml": ("DEEPSPEED", "bf16"),
 }
@@ -56,6 +57,8 @@ def test_every_accelerate_config_loads_and_names_its_launch_command():
     assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    fsdp2 = load_config_from_file(str(CONFIGS / "fsdp2.yaml")).fsdp_config
+    assert fsdp2["fsdp_version"] == 2 and fsdp2["fsdp_reshard_after_forward"] is True
     zero2 = load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml")).deepspeed_config
     zero3 = load_config_from_file(str(CONFIGS / "deepspeed_zero3.yaml")).deepspeed_config
     assert zero2["zero_stage"] == 2

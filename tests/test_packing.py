@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import flex_attention_runs_here
 from datasets import Dataset
 from transformers import (
     BertConfig,
@@ -17,6 +18,7 @@ from reward_trainer.collator import PrefixSharingCollator, collator_for
 from reward_trainer.loss import bradley_terry_loss
 from reward_trainer.packing import (
     Tree,
+    flex_block_mask,
     pack_trees,
     prefix_shared_batch,
     shared_prefix_length,
@@ -70,11 +72,15 @@ def test_shared_prefix_length():
     assert shared_prefix_length([7], [1]) == 0
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.gpu)  # `-m gpu` runs the same check on the GPU's kernels
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", ["gpt2", "llama", "smollm2-shaped"])
 @pytest.mark.parametrize("pack", [True, False])
-def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack):
-    model = build(name, attn)
+def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack, device):
+    model = build(name, attn).to(device)
     assert supports_prefix_sharing(model)
     c0, r0, g0 = rewards_and_grads(model, PreferenceCollator(PAD)(ROWS))
     shared = PrefixSharingCollator(PAD, pack=pack)(ROWS)
@@ -87,7 +93,64 @@ def test_prefix_sharing_matches_plain_forward_and_gradients(name, attn, pack):
         torch.testing.assert_close(g1[key], g0[key], atol=1e-4, rtol=1e-4, msg=key)
 
 
+@pytest.mark.skipif(
+    not flex_attention_runs_here(), reason="flex attention needs torch's flex module and a C++ compiler"
+)
+@pytest.mark.parametrize("name", ["llama", "smollm2-shaped"])
+def test_flex_attention_takes_the_tree_as_a_block_mask(name):
+    """Under flex attention the tree mask becomes a `BlockMask`, and the rewards equal the plain forward's.
+
+    Forward only: this torch's flex attention has no backward on the CPU (CUDA runs it; `scripts/gpu_checks.py`).
+    1e-5: both forwards are fp32 and differ only in the order of the softmax sums over the same keys."""
+    model = build(name, "flex_attention")
+    assert supports_prefix_sharing(model)
+    shared = PrefixSharingCollator(PAD)(ROWS)
+    mask = shared["attention_mask"]  # (R, 1, T, T)
+    block_mask = flex_block_mask(mask)
+    r, q, kv = torch.meshgrid(*(torch.arange(n) for n in (mask.shape[0], mask.shape[2], mask.shape[3])), indexing="ij")
+    assert torch.equal(block_mask.mask_mod(r, 0, q, kv), mask[:, 0])  # the same mask, token by token
+    with torch.no_grad():
+        want = pair_rewards(build(name, "sdpa"), PreferenceCollator(PAD)(ROWS))
+        got = pair_rewards(model, shared)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llama", "smollm2-shaped"])
+def test_flex_attention_prefix_sharing_gradients_on_cuda(name):
+    """On CUDA flex attention has a backward: rewards and gradients equal the plain forward's (1e-4, as above)."""
+    model = build(name, "flex_attention").to("cuda")
+    c0, r0, g0 = rewards_and_grads(build(name, "sdpa").to("cuda"), PreferenceCollator(PAD)(ROWS))
+    c1, r1, g1 = rewards_and_grads(model, PrefixSharingCollator(PAD)(ROWS))
+    torch.testing.assert_close(torch.stack([c1, r1]), torch.stack([c0, r0]), atol=1e-4, rtol=0)
+    for key in g0:
+        torch.testing.assert_close(g1[key], g0[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("attn", ["flash_attention_2", "flash_attention_3"])
+def test_flash_attention_turns_prefix_sharing_off_with_one_warning(attn, caplog):
+    """Flash kernels take no custom mask: the plain collator is picked, with one warning naming the kernel and the
+    cost. No kernel is needed: the decision reads the config's `_attn_implementation`."""
+    model = build("llama", attn)
+    args = RewardConfig(output_dir="unused", prefix_sharing=True, dedupe_sequences=False)
+    with caplog.at_level("WARNING", logger="reward_trainer"):
+        collator = collator_for(model, args, PAD)
+    assert collator == PreferenceCollator(PAD)
+    warnings = [r.getMessage() for r in caplog.records if "prefix sharing off" in r.getMessage()]
+    assert len(warnings) == 1
+    assert repr(attn) in warnings[0] and "every prompt once per response" in warnings[0]
+    caplog.clear()
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_labels=1)
+    )
+    with caplog.at_level("WARNING", logger="reward_trainer"):
+        assert supports_prefix_sharing(build("gpt2", "sdpa"))
+        assert not supports_prefix_sharing(bert)  # the plain path by design: nothing to warn about
+    assert not any("prefix sharing off" in r.getMessage() for r in caplog.records)
+
+
 def rewards_and_grads(model, batch):
+    batch = {key: value.to(next(model.parameters()).device) for key, value in batch.items()}
     model.zero_grad()
     chosen, rejected = pair_rewards(model, batch)
     bradley_terry_loss(chosen, rejected).sum().backward()

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from conftest import flex_attention_runs_here
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_trainer import RewardScorer
@@ -219,6 +220,32 @@ def test_grouped_scoring_equals_each_text_alone(tiny_tokenizer, name, padding_si
         assert max(abs(a - b) for a, b in zip(grouped, alone)) <= 1e-4, budget
     trl_call = scorer(prompts=prompts, completions=responses)  # TRL's reward-function call, text prompts
     assert max(abs(a - b) for a, b in zip(trl_call, alone)) <= 1e-4
+
+
+@pytest.mark.skipif(
+    not flex_attention_runs_here(), reason="flex attention needs torch's flex module and a C++ compiler"
+)
+def test_grouped_scoring_under_flex_attention_equals_each_text_alone(tiny_tokenizer):
+    """The grouped path follows training's decision: flex attention gets the tree as a `BlockMask` (1e-4, as above)."""
+    prompts, responses = grouped_prompts_and_responses()
+    scorer = tiny_causal_scorer("llama", tiny_tokenizer, max_batch_tokens=10**6)
+    alone = [
+        scorer.forward([ids])[0] for ids in tiny_tokenizer([p + r for p, r in zip(prompts, responses)])["input_ids"]
+    ]
+    scorer.model.config._attn_implementation = "flex_attention"
+    flex = RewardScorer(scorer.model, tiny_tokenizer, max_batch_tokens=10**6)
+    assert flex.group_prompts
+    assert max(abs(a - b) for a, b in zip(flex.score(prompts, responses), alone)) <= 1e-4
+
+
+def test_grouped_scoring_under_flash_attention_takes_the_plain_path(tiny_tokenizer, caplog):
+    """Flash kernels take no custom mask: the scorer keeps its plain path and says so once."""
+    scorer = tiny_causal_scorer("llama", tiny_tokenizer)
+    scorer.model.config._attn_implementation = "flash_attention_2"
+    with caplog.at_level("WARNING", logger="reward_trainer"):
+        flash = RewardScorer(scorer.model, tiny_tokenizer)
+    assert not flash.group_prompts
+    assert sum("prefix sharing off" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_grouped_scoring_encodes_each_prompt_once(tiny_tokenizer):

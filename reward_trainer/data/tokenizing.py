@@ -168,7 +168,8 @@ def encode_rows(
 
 
 def _nested_ids(rows: list[list[list[int]]]) -> pa.Array:
-    """Arrow `list<list<int32>>` of the rows' id lists, built level by level (5x faster than `datasets` does)."""
+    """Arrow `list<list<int32>>` of the rows' id lists, built level by level (faster than `datasets`' generic
+    conversion: BENCHMARKS.md, preprocessing)."""
     sequences = pa.array([ids for row in rows for ids in row], type=pa.list_(pa.int32()))
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum([len(row) for row in rows], out=offsets[1:])
