@@ -201,7 +201,7 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N evaluation rows."})
     num_synthetic_pairs: int = field(
-        default=6000, metadata={"help": "Training pairs generated for `builtin:code-book` (plus 10% held out)."}
+        default=6000, metadata={"help": "Training pairs generated for `builtin:code-book` (plus 10%% held out)."}
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for reading and tokenization."})
     dataset_cache_dir: str | None = field(

@@ -74,3 +74,14 @@ def test_every_recipe_parses():
 def test_unknown_key_in_parse_args(tmp_path):
     with pytest.raises(UsageError, match="unknown key 'bogus'"):
         parse_args(["--config", write(tmp_path / "r.yaml", "bogus: 1\n")])
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "serve", "best-of-n"])
+def test_every_command_prints_its_help(command, capsys):
+    """argparse formats each help string with `%`: a bare percent sign in one ends `--help` in a traceback."""
+    from reward_trainer import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--model_name_or_path" in capsys.readouterr().out or command == "best-of-n"
