@@ -77,3 +77,20 @@ def test_readme_layout_table_names_every_module():
         n for n in listed if not any((REPO_ROOT / d).rglob(n.split("/")[-1]) for d in ("reward_trainer", "scripts"))
     }
     assert not stale, f"the README's layout table names modules that do not exist: {sorted(stale)}"
+
+
+def test_models_are_loaded_in_one_place():
+    """Only `loading.py` reads a model from disk or the Hub (`AutoModel*.from_pretrained`), so the safetensors check,
+    GGUF and the device rule apply to every command."""
+    callers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_pretrained"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id.startswith("AutoModel")
+            ):
+                callers.add(str(path.relative_to(PACKAGE)))
+    assert callers == {"loading.py"}, f"models loaded outside loading.py: {sorted(callers - {'loading.py'})}"

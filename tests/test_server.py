@@ -37,6 +37,9 @@ def server(scorer, trained_checkpoint):
             calls.append(len(texts))
             return scorer.score_texts(texts, normalize=normalize, groups=groups)
 
+        def complete_turn_ends(self, texts):
+            return scorer.complete_turn_ends(texts)
+
     args = ServeArguments(str(trained_checkpoint), max_wait_ms=50, max_body_bytes=4096, max_texts=8)
     with serve_in_background(create_app(RecordingScorer(), args)) as url:
         yield url, calls
