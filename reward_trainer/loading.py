@@ -13,6 +13,8 @@ conventions make that one token, the last token of the text as its tokenizer enc
    (GPT-2, Llama, Qwen2, SmolLM2) both give the text's own last token, which training reads too. Chat-rendered
    text ends with the template's end-of-turn text (SmolLM2: `<|im_end|>\n`), so there the reward is read after
    the model has seen the whole turn. Encoders (BERT) end with `[SEP]` and read the reward from `[CLS]`.
+   A tokenizer that adds BOS (Llama 3) keeps it once when the template writes it too (`data.tokenizing`); one
+   that adds none forgets a BOS its template writes literally (`drop_unused_bos`), since verl strips it.
 
 Training records this, and what else reading the model needs, in the saved config (`reward_trainer.contract`).
 """
@@ -29,6 +31,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import hardware
+from .chat import chat_template_of
 from .config import BUILTIN_MODEL, ModelArguments
 from .errors import ModelLoadError
 from .hub import is_hub_id
@@ -265,3 +268,25 @@ def prepare_tokenizer_and_model(tokenizer: PreTrainedTokenizerBase, model: PreTr
         model.resize_token_embeddings(len(tokenizer))
     tokenizer.truncation_side = "left"
     model.config.pad_token_id = tokenizer.pad_token_id
+    drop_unused_bos(tokenizer)
+
+
+def drop_unused_bos(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Forgets the BOS token of a tokenizer that never adds it when the chat template writes it literally at the
+    start of every conversation (SmolLM2: BOS `<|im_start|>`). verl strips a leading BOS string from rendered
+    text and leaves it to the tokenizer to add back; with such a tokenizer the text would lose its first token.
+    The rendering and the token ids are unchanged."""
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return
+    messages = [{"role": "user", "content": "a"}]
+    template = chat_template_of(tokenizer)
+    try:
+        before = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+        if not before.startswith(bos):
+            return
+        tokenizer.bos_token = None
+        if tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False) != before:
+            tokenizer.bos_token = bos  # the template writes `bos_token`: it stays
+    except Exception:  # a template that cannot render one user turn: nothing to decide
+        tokenizer.bos_token = bos
