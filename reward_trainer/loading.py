@@ -267,6 +267,7 @@ def prepare_tokenizer_and_model(tokenizer: PreTrainedTokenizerBase, model: PreTr
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     tokenizer.truncation_side = "left"
+    tokenizer.init_kwargs["truncation_side"] = "left"  # what `save_pretrained` writes to tokenizer_config.json
     model.config.pad_token_id = tokenizer.pad_token_id
     drop_unused_bos(tokenizer)
 

@@ -271,7 +271,9 @@ def create_app(scorer, args: ServeArguments):
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     def score_fn(texts, groups):
-        return scorer.score_texts(texts, normalize=args.normalize, groups=groups)
+        # A text's prompt (its group key when it came with one) says where an over-long text's prompt ends.
+        prompts = None if groups is None else [g if isinstance(g, str) else "" for g in groups]
+        return scorer.score_texts(texts, normalize=args.normalize, groups=groups, prompts=prompts)
 
     metrics = Metrics()
     batcher = DynamicBatcher(

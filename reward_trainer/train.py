@@ -22,7 +22,7 @@ from .contract import ScoringContract, write_contract
 from .data import load_preference_data, write_data_report
 from .errors import UsageError
 from .hardware import machine_line
-from .heads import add_lora, base_model_of, export_reward_model, prepare_objective, save_lora_model
+from .heads import add_lora, base_model_of, export_reward_model, head_attribute, prepare_objective, save_lora_model
 from .loading import load_reward_model
 from .metrics import compute_metrics
 from .scorer import reward_stats_from_metrics
@@ -95,8 +95,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
     # How to read the model as it is trained, in config.json from the first checkpoint on (`reward_trainer.contract`).
-    contract = scoring_contract(data_args, training_args, tokenizer, base_model_of(model).config)
-    write_contract(base_model_of(model).config, contract)
+    inner = base_model_of(model)
+    contract = scoring_contract(data_args, training_args, tokenizer, inner.config)
+    write_contract(inner.config, contract)
+    if head_attribute(inner) == "score":  # OpenRLHF reads the reward head named by this key (its trainer writes it)
+        inner.config.value_head_prefix = "score"
 
     if data.eval is None and training_args.eval_strategy != IntervalStrategy.NO:
         skip_evaluation(training_args)

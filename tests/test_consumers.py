@@ -361,14 +361,17 @@ def test_d_vllm_and_verl_chat(chat_rm):
 def openrlhf_reward_model(path):
     """OpenRLHF's `get_llm_for_sequence_regression(path, "reward", value_head_prefix="score")` (openrlhf 0.11.2,
     openrlhf/models/model.py, `_get_reward_model`): the config's base model class with its weights, and a
-    bias-free linear head whose weights are the checkpoint's `<value_head_prefix>.weight`, "score.weight" ("score"
-    is its reward server's default). Rebuilt here from that source: openrlhf imports deepspeed and flash-attn."""
+    bias-free linear head whose weights are the checkpoint's `<value_head_prefix>.weight` (the prefix: the config's
+    `value_head_prefix`, else the flag, "score" by default). Rebuilt here from that source: openrlhf imports
+    deepspeed."""
     from safetensors.torch import load_file
 
     base, info = AutoModel.from_pretrained(path, output_loading_info=True)
     assert not info["missing_keys"]  # every weight of the base model is in the checkpoint
+    prefix = getattr(base.config, "value_head_prefix", "score")  # the config's key wins over the flag (line 74)
+    assert prefix == "score"  # written by training, as OpenRLHF's own reward training writes it
     head = torch.nn.Linear(base.config.hidden_size, 1, bias=False)
-    head.load_state_dict({"weight": load_file(path / "model.safetensors")["score.weight"]})
+    head.load_state_dict({"weight": load_file(path / "model.safetensors")[f"{prefix}.weight"]})
     return base.eval(), head
 
 
@@ -437,6 +440,10 @@ def test_e_openrlhf_chat(chat_rm, caplog):
     ours = scorer.score_conversations(conversations)
     rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     assert largest_difference(ours, openrlhf_rewards(chat_rm, rendered), "e", "chat", "model") <= TOLERANCE
+    # Texts over its `--max_len`: the saved tokenizer cuts from the left, as the scorer does at that length.
+    assert AutoTokenizer.from_pretrained(chat_rm).truncation_side == "left"
+    cut = RewardScorer.from_pretrained(str(chat_rm), max_length=40).score_conversations(conversations)
+    assert largest_difference(cut, openrlhf_rewards(chat_rm, rendered, 40), "e", "chat", "max_len-40") <= TOLERANCE
 
     prompts = [
         tokenizer.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True) for c in conversations
