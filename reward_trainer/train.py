@@ -154,4 +154,15 @@ def _finish(
         text = '"<prompt><response>" + tok.eos_token' if contract.append_eos else '"<prompt><response>"'
         snippet = RELOAD_SNIPPET.format(path=path, text=text)
         print(f"Saved reward model to {path}\nReload it with plain transformers:\n{snippet}")
+        # Who reads the same reward without this library (README, "Where the reward is read").
+        if contract.append_eos:
+            readers = (
+                "Texts end with EOS, where TRL's RewardTrainer reads; TRL's GRPO given this path reads one before."
+            )
+        else:
+            readers = (
+                "TRL's GRPO given this path, vLLM, verl and OpenRLHF read this reward; TRL's RewardTrainer appends EOS "
+                "to plain text and reads another token (--append_eos true matches it)."
+            )
+        print(readers)
     return metrics

@@ -176,7 +176,7 @@ def encode_rows(
         return out, [None] * len(out)
     lead, trail = affixes
     pre = encode.tokenizer.backend_tokenizer.pre_tokenizer
-    n = len(lead)  # a prompt that starts with the leading special tokens keeps its own copy of them
+    n = len(lead)  # a prompt that starts with the leading special tokens (BOS) gets them once: the added copy
     prompt_ids = [p[n:] if n and p[:n] == lead else p for p in encode(prompts, add_special_tokens=False)]
     response_ids = encode([r for rs in responses for r in rs], add_special_tokens=False)
     out, prompt_lengths, whole, k = [], [], [], 0
