@@ -3,11 +3,11 @@
     reward-trainer best-of-n --proxy_model outputs/proxy --gold_model outputs/gold \
         --dataset_name ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz --num_prompts 32 --max_n 16
 
-The policy samples `max_n` completions of each held-out prompt (batched `generate`, seeded), both reward models
-score every sample once (`RewardScorer.score`, each prompt encoded once for causal reward models; HH text
-rendered with a reward model's chat template when it was trained on that rendering), and for
-n = 1, 2, 4, ..., max_n the expected proxy and gold reward of the proxy's pick among n samples is computed over
-all n-subsets of the samples (`metrics.best_of_n_rewards`). Written to `output_dir`: `best_of_n.json` (the
+The policy samples `max_n` completions of each held-out prompt (batched `generate`, seeded, on `--device`: default
+the device rule), both reward models score every sample once (`RewardScorer.score`, each prompt encoded once for
+causal reward models; HH text rendered with a reward model's chat template when it was trained on that rendering),
+and for n = 1, 2, 4, ..., max_n the expected proxy and gold reward of the proxy's pick among n samples is computed
+over all n-subsets of the samples (`metrics.best_of_n_rewards`). Written to `output_dir`: `best_of_n.json` (the
 curve, per n: KL, mean and standard error of both rewards, raw and in standard deviations of each model's
 rewards over all samples, and gold's own best-of-n as the ceiling), `best_of_n.png`, and `samples.jsonl`.
 """
@@ -23,8 +23,6 @@ from tqdm.auto import tqdm
 
 from .chat import (
     hh_messages,
-    parse_implicit_conversation,
-    renders_implicit_prompt_with_template,
     split_implicit_prompt,
 )
 from .config import BestOfNArguments
@@ -67,22 +65,11 @@ def heldout_prompts(args: BestOfNArguments) -> list[str]:
 
 
 def load_policy(args: BestOfNArguments):
-    """The policy (`AutoModelForCausalLM`, eval mode) and its tokenizer, set to pad on the left for generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The policy (`AutoModelForCausalLM`, eval mode, on `args.device`: default the device rule) and its tokenizer,
+    set to pad on the left for generation (`loading.load_policy`)."""
+    from .loading import load_policy as load
 
-    from .loading import dequantized_gguf, require_safetensors, resolve_model_path
-
-    name, gguf_file = resolve_model_path(args.policy_name_or_path, args.policy_gguf_file)
-    if gguf_file:  # dequantized once, into the cache the reward models load GGUF backbones from
-        name = dequantized_gguf(name, gguf_file)
-    if os.path.isdir(name):
-        require_safetensors(name)  # weights from safetensors (or GGUF) only, never unpickled
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load(args.policy_name_or_path, args.policy_gguf_file, device=args.device)
 
 
 def policy_inputs(prompts: list[str], tokenizer, args: BestOfNArguments) -> list[list[int]]:
@@ -112,6 +99,7 @@ def sample_completions(model, tokenizer, prompt_ids: list[list[int]], args: Best
         batch = pad_sequences(
             prompt_ids[start : start + args.generation_batch_size], tokenizer.pad_token_id, padding_side="left"
         )
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         out = model.generate(
             **batch,
             do_sample=True,
@@ -174,16 +162,9 @@ def plot_curve(curve: dict, path: str, title: str) -> None:
 
 
 def score_samples(scorer, prompts: list[str], responses: list[str], args: BestOfNArguments) -> list[float]:
-    """Each HH prompt + response as the reward model saw HH text in training: rendered with its chat template
-    when its `config.json` says so (`implicit_prompt_rendering`, as `evaluate` reads it), else as text."""
-    rendering = getattr(scorer.model.config, "implicit_prompt_rendering", "auto")
-    chat = renders_implicit_prompt_with_template(rendering, scorer.tokenizer)
-    if not chat or any(hh_messages(p) is None for p in prompts):
-        return scorer.score(prompts, responses, progress=not args.disable_tqdm)
-    # The whole text parsed into turns, as training parses HH conversations (a sample that writes further turns
-    # becomes those turns there too).
-    conversations = [parse_implicit_conversation(p + r) for p, r in zip(prompts, responses, strict=True)]
-    return scorer.score_conversations(conversations, groups=prompts)
+    """Each prompt + response as the reward model was trained to read it (`RewardScorer.score`: HH text rendered
+    with its chat template when its scoring contract says training did), each prompt's samples as one group."""
+    return scorer.score(prompts, responses, progress=not args.disable_tqdm)
 
 
 def run_best_of_n(args: BestOfNArguments) -> dict:
@@ -209,7 +190,7 @@ def run_best_of_n(args: BestOfNArguments) -> dict:
     responses = [" " + c.strip() for group in completions for c in group]  # HH: one space after "Assistant:"
     rewards = {}
     for name, path in (("proxy", args.proxy_model), ("gold", args.gold_model)):
-        scorer = RewardScorer.from_pretrained(path)
+        scorer = RewardScorer.from_pretrained(path, device=args.device)
         if not args.disable_tqdm:
             logger.info("scoring %d samples with the %s model %s", len(responses), name, path)
         rewards[name] = np.array(score_samples(scorer, flat_prompts, responses, args)).reshape(len(prompts), -1)

@@ -9,12 +9,12 @@ ends with an open assistant turn, as the messages before it) and `split_implicit
 and its two responses). With `implicit_prompt_rendering` "chat_template" (or "auto" and a tokenizer with a
 template) they are parsed into messages and rendered with the template, so an instruct model sees its own format.
 
-Where the reward is read: the tokenizer `reward_trainer.loading` prepares appends EOS to every text, the
-rendered chat text included, so a conversation ends with the template's end-of-turn text and then that EOS:
-SmolLM2 `... response<|im_end|>\\n<|im_end|>`, the reward read at the last `<|im_end|>` (the appended one).
-Any path that tokenizes the rendered text with the saved tokenizer (training, `RewardScorer`, the server, plain
-`AutoTokenizer` + `AutoModelForSequenceClassification`) reads it at that same token. Not
-`apply_chat_template(..., tokenize=True)`: it adds no special tokens, so its ids lack the EOS.
+Where the reward is read: at the last token of the rendered text as the tokenizer encodes it, nothing appended
+(`reward_trainer.loading`), so a conversation's reward is read at the end of the template's end-of-turn text:
+SmolLM2 `... response<|im_end|>\\n`, the final `\\n`. Training, `RewardScorer`, the server, plain
+`tokenizer(text)`, `apply_chat_template(..., tokenize=True)`, TRL's GRPO and RewardTrainer, verl and vLLM's chat
+requests all read it at that token. A template that writes BOS (Llama 3) under a tokenizer that adds BOS gives
+the BOS once (`data.tokenizing.drop_repeated_lead`), as `apply_chat_template(tokenize=True)` does.
 """
 
 import re
@@ -34,6 +34,18 @@ DEFAULT_CHAT_TEMPLATE = (
 def chat_template_of(tokenizer) -> str:
     """The tokenizer's chat template, or `DEFAULT_CHAT_TEMPLATE` when it has none."""
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template writes after an assistant message's content (SmolLM2: `<|im_end|>\\n`; the
+    default template: a blank line), or "" when the template cannot render a two-turn conversation."""
+    sentinel = "\u2063reply\u2063"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}]
+    try:
+        text = tokenizer.apply_chat_template(messages, chat_template=chat_template_of(tokenizer), tokenize=False)
+    except Exception:  # jinja's TemplateError, or whatever the template raises
+        return ""
+    return text[text.rfind(sentinel) + len(sentinel) :] if sentinel in text else ""
 
 
 def renders_implicit_prompt_with_template(rendering: str, tokenizer) -> bool:

@@ -190,6 +190,15 @@ class DataArguments:
             "choices": ["keep_end", "filter"],
         },
     )
+    append_eos: bool = field(
+        default=False,
+        metadata={
+            "help": "Append the tokenizer's EOS string to every text that does not end with it, as TRL's "
+            "RewardTrainer does for text that is not conversational, so that the reward is read at EOS. Off: the "
+            "reward is read at the text's own last token, where TRL's GRPO (a reward model given by path), vLLM "
+            "and plain `tokenizer(text)` read it. Saved in the scoring contract, which the scorer follows."
+        },
+    )
     on_bad_row: str = field(
         default="error",
         metadata={
@@ -514,8 +523,9 @@ class EvaluateArguments:
     max_length: int | None = field(
         default=None,
         metadata={
-            "help": "Longest prompt + response in tokens; longer ones lose the start of the prompt. Default 512, and "
-            "2,048 (the official runner's) with `benchmark`."
+            "help": "Longest prompt + response in tokens; longer ones lose the start of the prompt, as training cut "
+            "them. Default: the model's scoring contract (training's `max_length`), else 512, and with `benchmark` "
+            "2,048 (the official runner's); never more than the model's positions."
         },
     )
     max_batch_tokens: int | None = field(
@@ -523,6 +533,14 @@ class EvaluateArguments:
         metadata={
             "help": "Tokens per forward pass, padding included (rows x longest row); default: the scorer's, 2,048 on "
             "CPU and 32,768 on a GPU."
+        },
+    )
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Torch device (`cpu`, `cuda`, `cuda:1`, `mps`, ...). Default: the device rule "
+            "(`reward_trainer.hardware`): the accelerator torch sees, else the CPU; the CPU when "
+            "ACCELERATE_USE_CPU is set."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap confidence intervals."})
@@ -536,7 +554,14 @@ class ServeArguments:
     model_name_or_path: str = field(metadata={"help": "A reward model saved by `reward-trainer train`."})
     host: str = field(default="127.0.0.1", metadata={"help": "Interface to bind; `0.0.0.0` exposes the server."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
-    device: str = field(default="cpu", metadata={"help": "Torch device for the model (`cpu`, `cuda`, `cuda:1`)."})
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Torch device (`cpu`, `cuda`, `cuda:1`, `mps`, ...). Default: the device rule "
+            "(`reward_trainer.hardware`): the accelerator torch sees, else the CPU; the CPU when "
+            "ACCELERATE_USE_CPU is set."
+        },
+    )
     dtype: str = field(
         default="float32", metadata={"help": "Weights dtype.", "choices": ["float32", "bfloat16", "float16"]}
     )
@@ -629,6 +654,15 @@ class BestOfNArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0: off)."})
     generation_batch_size: int = field(
         default=4, metadata={"help": "Prompts per `generate` call (each with max_n samples)."}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": "Torch device of the policy (generation) and both reward models (`cpu`, `cuda`, `cuda:1`, ...). "
+            "Default: the device rule "
+            "(`reward_trainer.hardware`): the accelerator torch sees, else the CPU; the CPU when "
+            "ACCELERATE_USE_CPU is set."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the sampling."})
     chat_template: bool = field(

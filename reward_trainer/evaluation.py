@@ -6,18 +6,16 @@ reward-trainer evaluate --model_name_or_path outputs/quickstart --dataset_name p
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from .config import DataArguments, EvaluateArguments, ModelArguments
+from .config import DataArguments, EvaluateArguments
 from .data import read_rows, subset_names
 from .errors import DataError, UsageError
 from .leaderboard import evaluate_benchmark
-from .loading import load_reward_model
 from .metrics import pair_correctness, per_subset_accuracy, preference_metrics, ranking_correlation
 from .report import pyplot, write_eval_report
 from .scorer import RewardScorer
 
-DEFAULT_MAX_LENGTH = 512  # tokens of prompt + response, unless `--max_length` says otherwise
+DEFAULT_MAX_LENGTH = 512  # tokens of prompt + response, unless `--max_length` or the model's contract says otherwise
 
 
 def read_texts(
@@ -77,14 +75,22 @@ def evaluate_model(args: EvaluateArguments) -> dict:
     if not names:
         raise UsageError("evaluate needs --dataset_name (or --benchmark rewardbench|rewardbench2)")
     pyplot()  # fail before scoring, not after, when matplotlib is missing
-    model, tokenizer = load_reward_model(ModelArguments(model_name_or_path=args.model_name_or_path))
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    scorer = RewardScorer(
-        model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=args.max_length or DEFAULT_MAX_LENGTH
+    scorer = RewardScorer.from_pretrained(
+        args.model_name_or_path,
+        device=args.device,
+        max_batch_tokens=args.max_batch_tokens,
+        max_length=args.max_length,
+        default_max_length=DEFAULT_MAX_LENGTH,
     )
-    # HH text rendered as the model was trained (config.json says how), else by the tokenizer (`auto`).
-    rendering = getattr(model.config, "implicit_prompt_rendering", "auto")
-    pairs, rankings, accounting = read_texts(names, args, tokenizer, rendering)
+    # HH text rendered as the model was trained (its contract says how; older config.json files say it at the top
+    # level), else by the tokenizer (`auto`).
+    config = scorer.model.config
+    rendering = (
+        scorer.contract.implicit_prompt_rendering
+        if scorer.contract
+        else getattr(config, "implicit_prompt_rendering", "auto")
+    )
+    pairs, rankings, accounting = read_texts(names, args, scorer.tokenizer, rendering)
     if not pairs["chosen"] and not rankings:
         single = f" (single responses: {accounting['single_responses']})" if accounting["single_responses"] else ""
         raise DataError(f"{', '.join(names)}: no pairs or rankings to evaluate{single}")
@@ -93,12 +99,21 @@ def evaluate_model(args: EvaluateArguments) -> dict:
     texts = [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])] + [
         p + r for p, r in zip(pairs["prompt"], pairs["rejected"])
     ]
-    texts += [r["prompt"] + response for r in rankings for response in r["responses"]]
-    rewards = np.asarray(scorer.score_texts(texts, progress=not args.disable_tqdm))
+    prompts = pairs["prompt"] * 2
+    for ranking in rankings:
+        texts += [ranking["prompt"] + response for response in ranking["responses"]]
+        prompts += [ranking["prompt"]] * len(ranking["responses"])
+    ids, cut = scorer.tokenize(texts, prompts)  # cut as training cut them
+    rewards = np.asarray(scorer.score_ids(ids, progress=not args.disable_tqdm))
     chosen, rejected = rewards[:n], rewards[n : 2 * n]
     human_tie = np.asarray(pairs["tie"])
 
     report = {"model": args.model_name_or_path, "dataset": ", ".join(names), **accounting}
+    report |= {
+        "max_length": scorer.max_length,
+        "truncated_pairs": sum(a or b for a, b in zip(cut[:n], cut[n : 2 * n])),
+        "truncated_texts": sum(cut),
+    }
     if n:
         report |= preference_metrics(
             chosen,

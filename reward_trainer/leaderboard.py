@@ -13,9 +13,12 @@ project's default template (`reward_trainer.chat.DEFAULT_CHAT_TEMPLATE`, "role: 
 uses), where the official runner falls back to a FastChat template (`tulu` by default) and appends EOS: scores of
 such models are comparable with this project's training, not with leaderboard entries made that way.
 
-Two settings differ from the official runners on purpose: texts over 2,048 tokens lose their beginning here for both
-benchmarks (the official RewardBench 2 runner leaves the tokenizer's right-side truncation, which would cut the end
-of the response, where the reward is read), and the model runs in float32 (the runners default to float16).
+Settings that differ from the official runners on purpose: texts over 2,048 tokens (or the `max_length` the model
+was trained with, from its scoring contract) lose their beginning here for both benchmarks (the official RewardBench
+2 runner leaves the tokenizer's right-side truncation, which would cut the end of the response, where the reward is
+read); the model runs in float32 (the runners default to float16); and a model trained here is read by its
+scoring contract (`reward_trainer.contract`: a BOS written by the template is not repeated, the EOS string is
+appended when training appended it).
 """
 
 import json
@@ -25,15 +28,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from .chat import chat_template_of, split_rendered_prompt
-from .config import DataArguments, EvaluateArguments, ModelArguments
+from .config import DataArguments, EvaluateArguments
 from .data.sources import read_source
-from .errors import DataError, ModelLoadError
-from .hub import is_hub_id
-from .loading import load_reward_model, require_safetensors
+from .errors import DataError
 from .report import nan_to_none
 from .rewardbench import SECTIONS, SUBSETS_V2, pair_results, rewardbench2_summary, rewardbench_summary
 from .scorer import RewardScorer
@@ -215,30 +213,17 @@ def score_rows(scorer: RewardScorer, rows: BenchmarkRows, progress: bool = False
 
 
 def load_benchmark_scorer(args: EvaluateArguments) -> RewardScorer:
-    """The model and tokenizer as the official runner loads them: a checkpoint's own tokenizer, unchanged, with
-    EOS as the pad token when it has none. Built-in names (`builtin:...`) load as for training. Texts are cut
-    (from the left) at `args.max_length` tokens, default the official 2,048 or the model's positions if fewer."""
-    name = args.model_name_or_path
-    if name.startswith("builtin:"):
-        model, tokenizer = load_reward_model(ModelArguments(model_name_or_path=name))
-    else:
-        if not os.path.isdir(name) and not is_hub_id(name):
-            raise ModelLoadError(f"model path {name!r} does not exist")
-        if os.path.isdir(name):
-            require_safetensors(name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True)
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load model {name!r}: {str(err).splitlines()[0]}") from err
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    positions = getattr(model.config, "max_position_embeddings", None) or OFFICIAL_MAX_LENGTH
-    max_length = args.max_length or min(OFFICIAL_MAX_LENGTH, positions)
-    return RewardScorer(model, tokenizer, max_batch_tokens=args.max_batch_tokens, max_length=max_length)
+    """The model as `RewardScorer.from_pretrained` loads it: the checkpoint's own tokenizer (EOS as the pad token
+    when it has none, as the official runner loads it), read by its scoring contract, on `args.device` (default:
+    the device rule). Texts are cut (from the left) at `args.max_length` tokens, else the contract's (training's)
+    `max_length`, else the official 2,048; never more than the model's positions."""
+    return RewardScorer.from_pretrained(
+        args.model_name_or_path,
+        device=args.device,
+        max_batch_tokens=args.max_batch_tokens,
+        max_length=args.max_length,
+        default_max_length=OFFICIAL_MAX_LENGTH,
+    )
 
 
 def evaluate_benchmark(args: EvaluateArguments) -> dict:
@@ -254,6 +239,7 @@ def evaluate_benchmark(args: EvaluateArguments) -> dict:
         rows = BenchmarkRows(*(column[: args.max_samples] for column in vars(rows).values()))
     scorer = load_benchmark_scorer(args)
     scores = score_rows(scorer, rows, progress=not args.disable_tqdm)
+    truncated = scorer.truncated_texts
     if benchmark == "rewardbench":
         summary = rewardbench_summary(pair_results(*zip(*scores)), rows.subsets)
     else:
@@ -269,6 +255,7 @@ def evaluate_benchmark(args: EvaluateArguments) -> dict:
         if getattr(scorer.tokenizer, "chat_template", None)
         else "default (role: content)",
         "max_length": scorer.max_length,
+        "truncated_completions": truncated,
         **summary,
     }
     write_benchmark_report(report, args.output_dir)
@@ -301,7 +288,8 @@ def benchmark_markdown(report: dict) -> str:
         f"# {title}: {report['model']}",
         "",
         f"Data: {report['dataset']} (split {report['split']}), {report['rows']} rows; chat template: "
-        f"{report['chat_template']}; max length {report['max_length']} tokens.",
+        f"{report['chat_template']}; max length {report['max_length']} tokens "
+        f"({report.get('truncated_completions', 0)} completions cut to it).",
         "",
         "| Model | Score | " + " | ".join(columns) + " |",
         "| --- | --- | " + " | ".join("---" for _ in columns) + " |",

@@ -38,7 +38,8 @@ def make_pairs(n: int, seed: int) -> list[dict[str, str]]:
 
 
 def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on text of the task; it appends EOS to every sequence."""
+    """A byte-level BPE tokenizer trained on text of the task. It adds no special tokens (the reward is read at a
+    text's own last token, `reward_trainer.loading`), pads with its own `<|pad|>` and cuts long text from the left."""
     corpus = [p["prompt"] + p["chosen"] for p in make_pairs(2000, seed=12345)]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
@@ -49,8 +50,8 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         bos_token=EOS,
         eos_token=EOS,
         pad_token=PAD,
-        add_eos_token=True,
         model_max_length=256,
+        truncation_side="left",
     )
 
 

@@ -61,6 +61,8 @@ def report_markdown(report: dict) -> str:
     if "input_rows" in report:
         rows.insert(0, ("rows read (skipped as malformed)", f"{report['input_rows']} ({report['skipped']})"))
         rows.insert(1, ("empty responses (kept)", report.get("empty_responses", 0)))
+    if "truncated_pairs" in report:
+        rows.insert(1, (f"pairs cut to max_length {report['max_length']} tokens", report["truncated_pairs"]))
     if "kendall_tau" in report:
         rows += [
             (f"Kendall tau, mean over {report['ranked_prompts']} ranked prompts", report["kendall_tau"]),

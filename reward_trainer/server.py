@@ -8,9 +8,12 @@
     curl -s localhost:8000/metrics                                                      # Prometheus text
 
 Every scoring endpoint answers `{"rewards": [...], "scores": [...]}` (the same list), one float per text, in
-order. Requests that arrive while the model is busy (or within `max_wait_ms` of each other) are scored together
-in one `score_texts` call, which sorts all their texts by length into batches (texts that share a prompt
-encode it once); each caller gets back exactly its own slice.
+order, each text read as the model was trained (`RewardScorer`: its scoring contract; HH text rendered with the
+chat template when training rendered it; an OpenRLHF query that stops at the policy's EOS, `<|im_end|>`, gets the
+rest of the template's end-of-turn text, `<|im_end|>\\n`, that training read). Requests that arrive while the
+model is busy (or within `max_wait_ms` of each other) are scored together in one `score_texts` call, which sorts
+all their texts by length into batches (texts that share a prompt encode it once); each caller gets back exactly
+its own slice.
 
 Under overload it sheds load instead of queueing without limit: a request that would take the queue past
 `max_queue_texts` gets 503 with `Retry-After` at once, and one not answered within `request_timeout_s` gets 503
@@ -268,7 +271,9 @@ def create_app(scorer, args: ServeArguments):
     from fastapi.responses import JSONResponse, PlainTextResponse
 
     def score_fn(texts, groups):
-        return scorer.score_texts(texts, normalize=args.normalize, groups=groups)
+        # A text's prompt (its group key when it came with one) says where an over-long text's prompt ends.
+        prompts = None if groups is None else [g if isinstance(g, str) else "" for g in groups]
+        return scorer.score_texts(texts, normalize=args.normalize, groups=groups, prompts=prompts)
 
     metrics = Metrics()
     batcher = DynamicBatcher(
@@ -322,6 +327,8 @@ def create_app(scorer, args: ServeArguments):
     async def answer(request: Request, endpoint: str):
         try:
             texts, groups = texts_of_request(await read_json(request), endpoint, args.max_texts, args.strip_from_query)
+            if endpoint == "get_reward":  # OpenRLHF decodes queries from tokens that stop at the policy's EOS
+                texts = scorer.complete_turn_ends(texts)
             rewards = await batcher.score(texts, groups) if texts else []
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
@@ -392,7 +399,7 @@ def serve(args: ServeArguments) -> None:
 
     scorer = RewardScorer.from_pretrained(
         args.model_name_or_path, device=args.device, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens
-    )
+    )  # read by its scoring contract, on the device rule's device unless --device says otherwise
     # On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and waits for the requests in flight, which the
     # batcher still answers, before the lifespan ends; `request_timeout_s` bounds that wait.
     uvicorn.run(

@@ -4,6 +4,7 @@ reward-trainer train --config recipes/quickstart.yaml
 accelerate launch --config_file accelerate_configs/cpu.yaml scripts/train_reward.py --config recipes/quickstart.yaml
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -17,21 +18,22 @@ from transformers.trainer_utils import IntervalStrategy
 from .chat import renders_implicit_prompt_with_template
 from .checkpoints import resolve_resume_checkpoint
 from .config import DataArguments, ModelArguments, RewardConfig
+from .contract import ScoringContract, write_contract
 from .data import load_preference_data, write_data_report
 from .errors import UsageError
 from .hardware import machine_line
-from .heads import add_lora, export_reward_model, prepare_objective, save_lora_model
+from .heads import add_lora, base_model_of, export_reward_model, head_attribute, prepare_objective, save_lora_model
 from .loading import load_reward_model
 from .loss import OBJECTIVES
 from .metrics import compute_metrics
-from .scorer import store_reward_normalization
+from .scorer import reward_stats_from_metrics
 from .trainer import RewardTrainer
 
 logger = logging.getLogger("reward_trainer")
 
 RELOAD_SNIPPET = """from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model, tok = AutoModelForSequenceClassification.from_pretrained("{path}"), AutoTokenizer.from_pretrained("{path}")
-reward = model(**tok("<prompt><response>", return_tensors="pt")).logits[0, 0].item()"""
+reward = model(**tok({text}, return_tensors="pt")).logits[0, 0].item()"""
 
 
 def setup_logging(training_args: RewardConfig) -> None:
@@ -55,6 +57,20 @@ def skip_evaluation(training_args: RewardConfig) -> None:
     logger.info("no evaluation pairs (eval_fraction 0 and no eval split): training without evaluation")
     training_args.eval_strategy = IntervalStrategy.NO
     training_args.do_eval = False
+
+
+def scoring_contract(data_args: DataArguments, training_args: RewardConfig, tokenizer, config) -> ScoringContract:
+    """What reading the trained model needs, from the settings it is trained with (normalization comes after)."""
+    chat = renders_implicit_prompt_with_template(data_args.implicit_prompt_rendering, tokenizer)
+    weights = getattr(config, "attribute_weights", None)
+    return ScoringContract(
+        max_length=data_args.max_length,
+        truncation=data_args.truncation,
+        implicit_prompt_rendering="chat_template" if chat else "raw",
+        append_eos=data_args.append_eos,
+        attribute_weights=list(weights) if weights is not None else None,
+        loss=str(training_args.loss),
+    )
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RewardConfig) -> dict[str, float]:
@@ -81,9 +97,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         model = add_lora(model, model_args)
     if training_args.should_save:
         write_data_report(data.report, training_args.output_dir)
-    # Saved in config.json, so that `reward-trainer evaluate` renders HH text as training did.
-    chat = renders_implicit_prompt_with_template(data_args.implicit_prompt_rendering, tokenizer)
-    model.config.implicit_prompt_rendering = "chat_template" if chat else "raw"
+    # How to read the model as it is trained, in config.json from the first checkpoint on (`reward_trainer.contract`).
+    inner = base_model_of(model)
+    contract = scoring_contract(data_args, training_args, tokenizer, inner.config)
+    write_contract(inner.config, contract)
+    if head_attribute(inner) == "score":  # OpenRLHF reads the reward head named by this key (its trainer writes it)
+        inner.config.value_head_prefix = "score"
 
     if data.eval is None and training_args.eval_strategy != IntervalStrategy.NO:
         skip_evaluation(training_args)
@@ -112,27 +131,44 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-        # The scorer's `normalize=True` reads these from config.json; plain transformers ignores them.
-        store_reward_normalization(trainer.model.config, metrics)
+        # The scorer's `normalize=True` reads these from the contract; plain transformers ignores them.
+        mean, std = reward_stats_from_metrics(metrics)
+        contract = dataclasses.replace(contract, reward_mean=mean, reward_std=std)
+        write_contract(base_model_of(trainer.model).config, contract)
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model is one plain safetensors state dict
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if model_args.use_peft:
         if trainer.is_world_process_zero():
             save_lora_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, training_args.output_dir)
-        return _finish(trainer, training_args, metrics)
+        return _finish(trainer, training_args, metrics, contract)
     # The checkpoints keep a length head and a tie parameter for resuming; the final model is a plain reward model.
     export_reward_model(trainer.model)
     if training_args.push_to_hub:  # saves to output_dir, writes the model card, uploads the folder
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset=data_args.dataset_name)
     else:
         trainer.save_model(training_args.output_dir)
-    return _finish(trainer, training_args, metrics)
+    return _finish(trainer, training_args, metrics, contract)
 
 
-def _finish(trainer: RewardTrainer, training_args: RewardConfig, metrics: dict[str, float]) -> dict[str, float]:
+def _finish(
+    trainer: RewardTrainer, training_args: RewardConfig, metrics: dict[str, float], contract: ScoringContract
+) -> dict[str, float]:
     if trainer.is_world_process_zero():
         path = os.path.abspath(training_args.output_dir)
         if "eval_accuracy" in metrics:
             print(f"eval_accuracy: {metrics['eval_accuracy']:.4f}")
-        print(f"Saved reward model to {path}\nReload it with plain transformers:\n{RELOAD_SNIPPET.format(path=path)}")
+        text = '"<prompt><response>" + tok.eos_token' if contract.append_eos else '"<prompt><response>"'
+        snippet = RELOAD_SNIPPET.format(path=path, text=text)
+        print(f"Saved reward model to {path}\nReload it with plain transformers:\n{snippet}")
+        # Who reads the same reward without this library (README, "Where the reward is read").
+        if contract.append_eos:
+            readers = (
+                "Texts end with EOS, where TRL's RewardTrainer reads; TRL's GRPO given this path reads one before."
+            )
+        else:
+            readers = (
+                "TRL's GRPO given this path, vLLM, verl and OpenRLHF read this reward; TRL's RewardTrainer appends EOS "
+                "to plain text and reads another token (--append_eos true matches it)."
+            )
+        print(readers)
     return metrics

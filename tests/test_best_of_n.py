@@ -110,8 +110,10 @@ def test_best_of_n_scores_hh_prompts_as_each_reward_model_was_trained(tiny_setup
         hh_messages(s["prompt"]) + [{"role": "assistant", "content": s["response"].strip()}] for s in samples
     ]
     assert [s["proxy"] for s in samples] == pytest.approx(chat.score_conversations(conversations), abs=1e-4)
-    raw = [chat.score_texts([s["prompt"] + s["response"]])[0] for s in samples]
-    assert [s["proxy"] for s in samples] != pytest.approx(raw, abs=1e-4)
+    hh_text = [s["prompt"] + s["response"] for s in samples]
+    assert [s["proxy"] for s in samples] == pytest.approx(chat.score_texts(hh_text), abs=1e-4)  # rendered itself
+    chat.renders_hh = False  # read as raw text instead: another reward
+    assert [s["proxy"] for s in samples] != pytest.approx(chat.score_texts(hh_text), abs=1e-4)
     text = RewardScorer.from_pretrained(str(gold), max_batch_tokens=1)
     assert [s["gold"] for s in samples] == pytest.approx(
         [text.score_texts([s["prompt"] + s["response"]])[0] for s in samples], abs=1e-4

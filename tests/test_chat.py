@@ -199,15 +199,15 @@ def test_hh_pairs_are_the_rendered_conversations(chat_backbone, hh_file, renderi
     for pair in pairs:
         assert by_text[tuple(pair["chosen_ids"])] == pair["rejected_ids"]
     end = tokenizer.convert_ids_to_tokens(pairs[0]["chosen_ids"][-3:])
-    if rendering == "chat_template":  # the end-of-turn text, then the EOS the tokenizer appends: the reward token
-        assert end == ["<|im_end|>", "Ċ", "<|im_end|>"]
-    else:
-        assert end[-1] == "<|im_end|>" and end[-2] != "Ċ"
+    if rendering == "chat_template":  # the end-of-turn text is the end: its newline is the reward token
+        assert end[-2:] == ["<|im_end|>", "Ċ"]
+    else:  # the response's own last token: nothing appended
+        assert "<|im_end|>" not in end and end[-1] == "."
 
 
 def test_train_save_reload_read_the_reward_at_the_same_token(chat_backbone, hh_file, tmp_path):
     """Training (prefix-shared rows), `RewardScorer`, the server and plain transformers give the same reward,
-    read at the appended EOS after the final "<|im_end|>\\n"."""
+    read at the last token of the rendered text, the "\\n" after the final "<|im_end|>"."""
     from reward_trainer.train import train
 
     out = tmp_path / "rm"
@@ -219,7 +219,8 @@ def test_train_save_reload_read_the_reward_at_the_same_token(chat_backbone, hh_f
     train(ModelArguments(model_name_or_path=str(chat_backbone)), data_args, args)
 
     # `reward-trainer evaluate` reads how HH text was rendered from config.json.
-    assert json.loads((out / "config.json").read_text())["implicit_prompt_rendering"] == "chat_template"
+    contract = json.loads((out / "config.json").read_text())["reward_contract"]
+    assert contract["implicit_prompt_rendering"] == "chat_template" and contract["append_eos"] is False
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()  # plain transformers
     tokenizer = AutoTokenizer.from_pretrained(out)
     conversations = [parse_implicit_conversation(row["chosen"]) for row in hh_rows()]
@@ -239,12 +240,15 @@ def test_train_save_reload_read_the_reward_at_the_same_token(chat_backbone, hh_f
     for pair, reward in zip(pairs, chosen.tolist()):
         assert reward == pytest.approx(plain[order[tuple(pair["chosen_ids"])]], abs=1e-5)
 
-    # The token: the appended EOS, not the end-of-turn token before it nor the newline.
+    # The token: the newline that ends the turn, not the end-of-turn token before it.
     ids = tokenizer(texts[0])["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids[-2:]) == ["<|im_end|>", "Ċ"]
     with torch.no_grad():
         per_token = model.score(model.model(torch.tensor([ids])).last_hidden_state)[0, :, 0]  # (T,)
     assert per_token[-1].item() == pytest.approx(plain[0], abs=2e-6)
-    assert abs(per_token[-3].item() - plain[0]) > 1e-5 and abs(per_token[-2].item() - plain[0]) > 1e-5
+    assert abs(per_token[-2].item() - plain[0]) > 1e-5
+    # HH text given as text is rendered as training rendered it (the contract says so): the same rewards.
+    torch.testing.assert_close(scorer.score_texts([row["chosen"] for row in hh_rows()]), plain, atol=1e-5, rtol=0)
 
     pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")

@@ -139,13 +139,20 @@ def test_keep_end_cuts_the_response_only_when_it_alone_is_too_long(word_tokenize
     assert truncate_keep_end(word_tokenizer, "a b c d", [" e f", " g"], 3) == [[2, 8, 3], [2, 10, 3]]
 
 
-def test_keep_end_keeps_trailing_eos_of_a_causal_tokenizer(tiny_tokenizer):
+@pytest.mark.parametrize("appends_eos", [False, True])
+def test_keep_end_keeps_the_end_and_trailing_special_tokens(tiny_tokenizer, appends_eos):
+    """The built-in tokenizer adds no special token; the one saved with `tests/data/legacy-gpt2` appends EOS, which
+    stays."""
+    from conftest import REPO_ROOT
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tests/data/legacy-gpt2") if appends_eos else tiny_tokenizer
     prompt, responses = "cat dog fox owl bee | code of cat?\nanswer:", [" red", " sky"]
-    full = [ids(tiny_tokenizer, prompt + r) for r in responses]
-    cut = truncate_keep_end(tiny_tokenizer, prompt, responses, 6)
-    eos = tiny_tokenizer.eos_token_id
-    for whole, short in zip(full, cut, strict=False):
-        assert len(short) == 6 and short[-1] == eos
+    full = [ids(tokenizer, prompt + r) for r in responses]
+    cut = truncate_keep_end(tokenizer, prompt, responses, 6)
+    for whole, short, response in zip(full, cut, responses, strict=True):
+        end = tokenizer(response, add_special_tokens=False)["input_ids"][-1]
+        assert len(short) == 6 and short[-2:] == ([end, tokenizer.eos_token_id] if appends_eos else [short[-2], end])
         # a contiguous tail of the untruncated ids: the prompt was cut from the left, the response kept whole
         assert whole[-6:] == short
 

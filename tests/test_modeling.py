@@ -1,4 +1,4 @@
-"""Where the reward is read: the last real token, for both padding sides, with or without a pad token."""
+"""Where the reward is read: the text's last token, for both padding sides, with or without a pad token."""
 
 import sys
 
@@ -37,7 +37,7 @@ def reward_at(model, ids: list[int], position: int) -> float:
 
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_reward_is_read_at_the_appended_eos(pad_is_eos, padding_side):
+def test_reward_is_read_at_the_texts_last_token(pad_is_eos, padding_side):
     tokenizer = gpt2_like_tokenizer(pad_is_eos)
     model = tiny_gpt2(len(tokenizer))
     prepare_tokenizer_and_model(tokenizer, model)
@@ -45,13 +45,14 @@ def test_reward_is_read_at_the_appended_eos(pad_is_eos, padding_side):
     assert model.config.pad_token_id == tokenizer.pad_token_id
 
     tokenizer.padding_side = padding_side
-    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    texts = TEXTS + [TEXTS[0] + tokenizer.eos_token]  # a text that ends with EOS is read at it, not before it
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
     position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)  # positions of real tokens start at 0
     with torch.no_grad():
         rewards = model(**batch, position_ids=position_ids).logits[:, 0]
-    for text, reward in zip(TEXTS, rewards):
+    for text, reward in zip(texts, rewards):
         ids = tokenizer(text)["input_ids"]
-        assert ids[-1] == tokenizer.eos_token_id  # EOS is appended by the tokenizer itself
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]  # nothing appended: TRL's GRPO ids
         assert reward.item() == pytest.approx(reward_at(model, ids, len(ids) - 1), abs=1e-5)
         assert reward.item() != pytest.approx(reward_at(model, ids, len(ids) - 2), abs=1e-5)
 

@@ -28,6 +28,7 @@ class NumberScorer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.max_length = 2048
+        self.truncated_texts = 0
         self.calls = []
 
     def score_texts(self, texts, groups=None, progress=False):

@@ -44,7 +44,16 @@ def test_score_tokenizes_prompt_plus_response_like_training(trained_checkpoint):
     prompts, responses = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
     texts = [p + r for p, r in zip(prompts, responses)]
     assert scorer.score(prompts, responses) == pytest.approx(scorer.score_texts(texts), abs=1e-5)
-    assert scorer.tokenizer(prompts[0] + responses[0])["input_ids"][-1] == scorer.tokenizer.eos_token_id
+    # The text's own tokens, nothing appended: the reward is read at the response's last token.
+    ids = scorer.tokenize(texts)[0]
+    assert (
+        ids == scorer.tokenizer(texts)["input_ids"] == scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    )
+    assert (
+        ids[0][-1]
+        == scorer.tokenizer(" red", add_special_tokens=False)["input_ids"][-1]
+        != scorer.tokenizer.eos_token_id
+    )
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         scorer.score(prompts[:2], responses[:1])
 
@@ -88,14 +97,21 @@ def test_batches_respect_the_token_budget():
     assert scorer.batches([]) == []
 
 
-def test_long_texts_keep_their_end_and_special_tokens(trained_checkpoint):
+def test_long_texts_keep_their_end_and_are_counted(trained_checkpoint):
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint), max_length=8)
-    long_text = "cat dog fox owl bee ant | code of cat?\nanswer: red"
-    ids = scorer.tokenizer(long_text, truncation=False)["input_ids"]
-    assert len(ids) > 8 and ids[-1] == scorer.tokenizer.eos_token_id
+    prompt, response = "cat dog fox owl bee ant | code of cat?\nanswer:", " red"
+    ids = scorer.tokenizer(prompt + response, truncation=False)["input_ids"]
+    assert len(ids) > 8
     with torch.no_grad():
-        expected = scorer.model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()  # the last 7 tokens + EOS
-    assert scorer.score_texts([long_text])[0] == pytest.approx(expected, abs=1e-5)
+        expected = scorer.model(input_ids=torch.tensor([ids[-8:]])).logits[0, 0].item()  # the last 8 tokens
+    assert scorer.score_texts([prompt + response])[0] == pytest.approx(expected, abs=1e-5)
+    # With the prompt known, as training's `keep_end` cuts: the prompt from the left, the response whole.
+    assert scorer.score([prompt], [response])[0] == pytest.approx(expected, abs=1e-5)
+    assert scorer.truncated_texts == 2
+    assert scorer.tokenize([prompt + response, "red"]) == (
+        [ids[-8:], scorer.tokenizer("red")["input_ids"]],
+        [True, False],
+    )
 
 
 def test_reward_stats_from_metrics_by_hand():
@@ -113,7 +129,8 @@ def test_normalization_stored_after_training(trained_checkpoint, texts):
     config = json.loads((trained_checkpoint / "config.json").read_text())
     metrics = json.loads((trained_checkpoint / "eval_results.json").read_text())
     mean, std = reward_stats_from_metrics(metrics)
-    assert config["reward_mean"] == pytest.approx(mean) and config["reward_std"] == pytest.approx(std) and std > 0
+    contract = config["reward_contract"]
+    assert contract["reward_mean"] == pytest.approx(mean) and contract["reward_std"] == pytest.approx(std) and std > 0
 
     scorer = RewardScorer.from_pretrained(str(trained_checkpoint))
     raw, normalized = scorer.score_texts(texts), scorer.score_texts(texts, normalize=True)
@@ -205,7 +222,7 @@ def test_grouped_scoring_equals_each_text_alone(tiny_tokenizer, name, padding_si
     assert len({round(r, 6) for r in alone}) > 20  # the texts do get different rewards
 
     # The seam: for some texts the prompt's own ids are not a prefix of the whole text's ids.
-    prompt_ids = [tiny_tokenizer(p)["input_ids"][:-1] for p in prompts]  # less the EOS
+    prompt_ids = [tiny_tokenizer(p)["input_ids"] for p in prompts]
     assert any(tiny_tokenizer(t)["input_ids"][: len(p)] != p for t, p in zip(texts, prompt_ids))
 
     for budget in (10**6, 300, 60, 1):
@@ -258,7 +275,7 @@ def test_grouped_scoring_encodes_each_prompt_once(tiny_tokenizer):
     hook.remove()
     ids = tiny_tokenizer([p + r for p, r in zip(prompts, responses)])["input_ids"]
     prompt_ids = {p: tiny_tokenizer(p)["input_ids"] for p in prompts}
-    shared = sum(len(v) - 2 for v in prompt_ids.values())  # at most the last prompt token and EOS differ
+    shared = sum(len(v) - 1 for v in prompt_ids.values())  # at most the last prompt token differs
     assert sum(seen) <= sum(map(len, ids)) - 7 * shared + 3 * len(prompt_ids)  # 7 of 8 prompt copies saved
     assert len(seen) == 1
 

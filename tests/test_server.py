@@ -33,9 +33,12 @@ def server(scorer, trained_checkpoint):
     calls = []
 
     class RecordingScorer:
-        def score_texts(self, texts, normalize=False, groups=None):
+        def score_texts(self, texts, normalize=False, groups=None, prompts=None):
             calls.append(len(texts))
-            return scorer.score_texts(texts, normalize=normalize, groups=groups)
+            return scorer.score_texts(texts, normalize=normalize, groups=groups, prompts=prompts)
+
+        def complete_turn_ends(self, texts):
+            return scorer.complete_turn_ends(texts)
 
     args = ServeArguments(str(trained_checkpoint), max_wait_ms=50, max_body_bytes=4096, max_texts=8)
     with serve_in_background(create_app(RecordingScorer(), args)) as url:
@@ -150,10 +153,10 @@ class BlockingScorer:
     def __init__(self, scorer):
         self.scorer, self.release, self.started = scorer, threading.Event(), threading.Event()
 
-    def score_texts(self, texts, normalize=False, groups=None):
+    def score_texts(self, texts, normalize=False, groups=None, prompts=None):
         self.started.set()
         self.release.wait(timeout=30)
-        return self.scorer.score_texts(texts, normalize=normalize, groups=groups)
+        return self.scorer.score_texts(texts, normalize=normalize, groups=groups, prompts=prompts)
 
 
 def test_openrlhf_request_shape_gets_scores_and_rewards(server, scorer):

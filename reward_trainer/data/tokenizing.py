@@ -1,4 +1,10 @@
-"""Tokenizing `prompt + response` fast and exactly, with the truncation policy (`keep_end` or `filter`)."""
+"""Tokenizing `prompt + response` fast and exactly, with the truncation policy (`keep_end` or `filter`).
+
+A text's ids are `tokenizer(text)["input_ids"]`: the tokenizer's own special tokens, except that a leading one
+the text already holds is not repeated (`drop_repeated_lead`). Chat templates of tokenizers that add BOS (Llama 3)
+write the BOS into the rendered text; their ids then hold it once, as `apply_chat_template(tokenize=True)`, TRL and
+verl give them. With `append_eos` the EOS string ends every text first (`contract.with_eos`).
+"""
 
 import bisect
 import copy
@@ -10,8 +16,21 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import PreTrainedTokenizerBase
 
 from ..config import DataArguments
+from ..contract import with_eos
 from ..errors import DataError
 from .mapping import fingerprint, num_proc_for
+
+# Part of the tokenization cache's fingerprint: a change of the rule that turns text into ids changes it.
+ENCODING_RULE = "lead-once"
+
+
+def drop_repeated_lead(ids: list[int], lead: list[int]) -> list[int]:
+    """`ids` less the second copy of the tokenizer's leading special tokens `lead` when the text held them too
+    (a chat template that writes BOS, under a tokenizer that adds BOS): BOS once."""
+    n = len(lead)
+    if n and ids[:n] == lead and ids[n : 2 * n] == lead:
+        return ids[:n] + ids[2 * n :]
+    return ids
 
 
 def split_special(special_mask: list[int]) -> tuple[int, int]:
@@ -49,6 +68,7 @@ def _truncate_rows(
         return_attention_mask=False,
         return_token_type_ids=False,
     )
+    lead_ids = (special_affixes(tokenizer) or ([], []))[0]
     out, k = [], 0
     for prompt, rs in zip(prompts, responses, strict=False):
         parts = []
@@ -56,11 +76,14 @@ def _truncate_rows(
             *(encoded[key][k : k + len(rs)] for key in ("input_ids", "offset_mapping", "special_tokens_mask")),
             strict=False,
         ):
+            if len(drop_repeated_lead(ids, lead_ids)) < len(ids):  # the text's own copy of the leading tokens goes
+                n = len(lead_ids)
+                ids, offsets, special = (x[:n] + x[2 * n :] for x in (ids, offsets, special))
             lead, trail = split_special(special)
             middle_ends = [end for _, end in offsets[lead : len(ids) - trail]]
             parts.append(_split_ids(ids, lead, bisect.bisect_right(middle_ends, len(prompt)), trail))
         k += len(rs)
-        out.append(_cut_keep_end(parts, max_length))
+        out.append(cut_keep_end(parts, max_length))
     return out
 
 
@@ -69,8 +92,10 @@ def _split_ids(ids: list[int], lead: int, n_prompt: int, trail: int) -> tuple[li
     return ids[:lead], ids[lead : lead + n_prompt], ids[lead + n_prompt : len(ids) - trail], ids[len(ids) - trail :]
 
 
-def _cut_keep_end(parts: list[tuple[list[int], ...]], max_length: int) -> list[list[int]]:
-    """One row's responses, each as `_split_ids` parts, cut to `max_length` (see `truncate_keep_end`)."""
+def cut_keep_end(parts: list[tuple[list[int], ...]], max_length: int) -> list[list[int]]:
+    """One row's responses, each as `_split_ids` parts (leading special tokens, prompt, response, trailing special
+    tokens), cut to `max_length` (see `truncate_keep_end`). A text whose prompt is unknown is all prompt: it loses
+    its beginning."""
     room = [max_length - len(lead) - len(trail) for lead, _, _, trail in parts]
     if min(room) < 1:
         raise DataError(f"max_length {max_length} leaves no room for text after the special tokens")
@@ -102,15 +127,17 @@ def _splits_cleanly(pre_tokenizer, prompt_tail: list, tail: str, response: str, 
 
 
 class Encoder:
-    """Texts -> token ids, exactly `tokenizer(text)["input_ids"]` (special tokens included unless told).
+    """Texts -> token ids, exactly `tokenizer(text)["input_ids"]` (special tokens included unless told; a leading
+    special token the text holds is not repeated, `drop_repeated_lead`).
 
     With `fast=True` it calls the Rust tokenizer's `encode_batch_fast` on a copy with truncation and padding
     off, which skips the offsets and the per-text Python objects of `tokenizer(...)` (a third of the time);
     `tokenize` turns it on only after checking that it gives `tokenizer(...)`'s ids on a sample.
     """
 
-    def __init__(self, tokenizer, fast: bool = False):
+    def __init__(self, tokenizer, fast: bool = False, lead_once: bool = True):
         self.tokenizer, self.backend = tokenizer, None
+        self.lead = (special_affixes(tokenizer) or ([], []))[0] if lead_once else []
         if fast:
             self.backend = copy.deepcopy(tokenizer.backend_tokenizer)
             self.backend.no_truncation()
@@ -118,11 +145,15 @@ class Encoder:
 
     def __call__(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         if self.backend is not None:
-            return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
-        # ids only: building attention masks and token type ids would cost a quarter of the time again
-        return self.tokenizer(
-            texts, add_special_tokens=add_special_tokens, return_attention_mask=False, return_token_type_ids=False
-        )["input_ids"]
+            ids = [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+        else:
+            # ids only: building attention masks and token type ids would cost a quarter of the time again
+            ids = self.tokenizer(
+                texts, add_special_tokens=add_special_tokens, return_attention_mask=False, return_token_type_ids=False
+            )["input_ids"]
+        if add_special_tokens and self.lead:
+            ids = [drop_repeated_lead(x, self.lead) for x in ids]
+        return ids
 
 
 def encode_rows(
@@ -145,7 +176,8 @@ def encode_rows(
         return out, [None] * len(out)
     lead, trail = affixes
     pre = encode.tokenizer.backend_tokenizer.pre_tokenizer
-    prompt_ids = encode(prompts, add_special_tokens=False)
+    n = len(lead)  # a prompt that starts with the leading special tokens (BOS) gets them once: the added copy
+    prompt_ids = [p[n:] if n and p[:n] == lead else p for p in encode(prompts, add_special_tokens=False)]
     response_ids = encode([r for rs in responses for r in rs], add_special_tokens=False)
     out, prompt_lengths, whole, k = [], [], [], 0
     for i, (prompt, rs) in enumerate(zip(prompts, responses, strict=False)):
@@ -154,7 +186,7 @@ def encode_rows(
         row = []
         for j, response in enumerate(rs):
             if not prompt or _splits_cleanly(pre, tail_pieces, tail, response):
-                row.append(lead + prompt_ids[i] + response_ids[k] + trail)
+                row.append(drop_repeated_lead(lead + prompt_ids[i] + response_ids[k] + trail, lead))
             else:
                 row.append(None)
                 whole.append((i, j, prompt + response))
@@ -176,8 +208,13 @@ def _nested_ids(rows: list[list[list[int]]]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), sequences)
 
 
-def tokenize_batch(batch: pa.Table, encode: Encoder, max_length: int | None, truncation: str, affixes) -> pa.Table:
+def tokenize_batch(
+    batch: pa.Table, encode: Encoder, max_length: int | None, truncation: str, affixes, eos: str | None = None
+) -> pa.Table:
+    """Adds `ids` and `_status` to a batch of rows; `eos`: the EOS string each text ends with (`append_eos`)."""
     prompts, responses = batch["prompt"].to_pylist(), batch["responses"].to_pylist()
+    if eos is not None:  # appended to the response, so that the prompt's tokens stay shared
+        responses = [[r[len(p) :] for r in with_eos([p + r for r in rs], eos)] for p, rs in zip(prompts, responses)]
     ids, prompt_lengths = encode_rows(encode, prompts, responses, affixes)
     status = ["kept"] * len(ids)
     too_long = [i for i, row in enumerate(ids) if max_length is not None and any(len(x) > max_length for x in row)]
@@ -196,7 +233,7 @@ def tokenize_batch(batch: pa.Table, encode: Encoder, max_length: int | None, tru
         for i in too_long:
             if i not in cut:
                 lead, trail = (len(a) for a in affixes)
-                cut[i] = _cut_keep_end([_split_ids(x, lead, prompt_lengths[i], trail) for x in ids[i]], max_length)
+                cut[i] = cut_keep_end([_split_ids(x, lead, prompt_lengths[i], trail) for x in ids[i]], max_length)
             ids[i], status[i] = cut[i], "truncated"
     return batch.append_column("ids", _nested_ids(ids)).append_column("_status", pa.array(status, pa.string()))
 
@@ -229,7 +266,10 @@ def tokenize(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataA
     """Adds `ids` (token ids of prompt + response, per response) and `_status` (kept/truncated/filtered)."""
     if data_args.truncation not in ("keep_end", "filter"):
         raise DataError(f"truncation must be `keep_end` or `filter`, got {data_args.truncation!r}")
-    settings = (data_args.max_length, data_args.truncation)
+    eos = tokenizer.eos_token if data_args.append_eos else None
+    if data_args.append_eos and eos is None:
+        raise DataError("--append_eos: the tokenizer has no EOS token")
+    settings = (data_args.max_length, data_args.truncation, eos, ENCODING_RULE)
     encode, affixes = plan_encoding(tokenizer, rows)
     tokenized = rows.with_format("arrow").map(
         tokenize_batch,
@@ -239,6 +279,7 @@ def tokenize(rows: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataA
             "max_length": data_args.max_length,
             "truncation": data_args.truncation,
             "affixes": affixes,
+            "eos": eos,
         },
         num_proc=num_proc_for(data_args.dataset_num_proc, rows),
         features=Features({**rows.features, "ids": Sequence(Sequence(Value("int32"))), "_status": Value("string")}),
