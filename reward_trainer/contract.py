@@ -23,6 +23,8 @@ saved tokenizer's own special tokens, the model's maximum positions, raw text, `
 
 from dataclasses import asdict, dataclass
 
+from .loss import DEFAULT_LOSS
+
 CONTRACT_KEY = "reward_contract"
 CONTRACT_VERSION = 1
 
@@ -38,7 +40,7 @@ class ScoringContract:
     reward_mean: float | None = None
     reward_std: float | None = None
     attribute_weights: list[float] | None = None
-    loss: str = "bradley_terry"
+    loss: str = DEFAULT_LOSS
     truncation_side: str = "left"
     special_tokens: str = "tokenizer"
     reward_token: str = "last"

@@ -84,6 +84,8 @@ def load_reward_model(model_args: ModelArguments) -> tuple[PreTrainedModel, PreT
         name = dequantized_gguf(name, gguf_file, model_args.model_revision)
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     _check_exists(name)
+    if os.path.isdir(name):
+        require_safetensors(name)  # before anything of the folder is read
     try:
         config = AutoConfig.from_pretrained(
             name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
