@@ -21,7 +21,7 @@ from .loss import (
     rating_regression_loss,
 )
 from .metrics import LABEL_COLUMNS
-from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
+from .packing import at_least_float32, prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 
 def pair_length(row: dict) -> dict[str, int]:
@@ -172,7 +172,7 @@ class RewardTrainer(Trainer):
                 # Per pair, (B, 2, H) and (B, 2), so that the duplicates filling the last batch are dropped whole.
                 pairs, pair_lengths = self.accelerator.gather_for_metrics(
                     (
-                        torch.stack([chosen, rejected], 1).float(),
+                        at_least_float32(torch.stack([chosen, rejected], 1)),
                         torch.stack([inputs["chosen_length"], inputs["rejected_length"]], 1),
                     )
                 )
@@ -181,7 +181,7 @@ class RewardTrainer(Trainer):
         finally:
             handle.remove()
         weight, summary = length_projection(
-            torch.cat(features).numpy(), torch.cat(lengths).numpy(), head.weight[0].float().cpu().numpy()
+            torch.cat(features).numpy(), torch.cat(lengths).numpy(), head.weight[0].double().cpu().numpy()
         )
         head.weight[0] = torch.as_tensor(weight, dtype=head.weight.dtype, device=head.weight.device)
         return {f"length_projection_{key}": value for key, value in summary.items()}
@@ -362,7 +362,7 @@ def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         rewards = prefix_shared_rewards(model, inputs)  # (U,)
     else:
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        rewards = logits.squeeze(-1).float()  # (2B,) or (U,); (.., 2) with a length head
+        rewards = at_least_float32(logits.squeeze(-1))  # (2B,) or (U,); (.., 2) with a length head
         if "chosen_index" not in inputs:
             return rewards.chunk(2)
     return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]

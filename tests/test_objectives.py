@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import GRADIENT_ROUNDOFF, float64_default
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, EvalPrediction
 
@@ -81,6 +82,12 @@ class Capture:
 
 
 def first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None, **config):
+    """The first step's gradients, in float64 (so that two batchings compare to `GRADIENT_ROUNDOFF`)."""
+    with float64_default():
+        return _first_step_gradients(tmp_path, data_file, batch, accumulation, collator, **config)
+
+
+def _first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None, **config):
     torch.manual_seed(0)
     model, tokenizer = load_reward_model(ModelArguments())
     args = args_for(tmp_path, f"b{batch}x{accumulation}", per_device_train_batch_size=batch,
@@ -102,7 +109,7 @@ def first_step_gradients(tmp_path, data_file, batch, accumulation, collator=None
 def assert_same_gradients(full, accumulated):
     assert full.keys() == accumulated.keys() and len(full) > 0
     for name in full:
-        torch.testing.assert_close(accumulated[name], full[name], atol=1e-6, rtol=0, msg=name)
+        torch.testing.assert_close(accumulated[name], full[name], atol=GRADIENT_ROUNDOFF, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +148,7 @@ def test_plackett_luce_is_exact_with_the_plain_and_deduplicating_collators(tmp_p
             loss="plackett_luce",
         )
         for name in shared:
-            torch.testing.assert_close(plain[name], shared[name], atol=1e-5, rtol=0, msg=name)
+            torch.testing.assert_close(plain[name], shared[name], atol=GRADIENT_ROUNDOFF, rtol=0, msg=name)
 
 
 def test_ranking_items_are_batched_as_their_pairs_and_encoded_once(tiny_tokenizer, tmp_path):
@@ -227,11 +234,6 @@ def test_length_debias_with_lora_saves_the_reward_head(tmp_path):
     reload_and_score(out, ["cat dog | q1?\nanswer: red", "owl | q2?\nanswer: blue green"])
 
 
-def step_losses(checkpoint) -> dict[int, float]:
-    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-    return {log["step"]: log["loss"] for log in history if "loss" in log}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, config",
@@ -240,30 +242,35 @@ def step_losses(checkpoint) -> dict[int, float]:
     ids=["bt_ties_length_debias", "plackett_luce"],
 )  # fmt: skip
 def test_two_processes_match_one_process(tmp_path, kind, config):
-    """DDP: 2 processes x 4 items per step == 1 process x 8, per-step losses (the per-item and per-step terms)."""
-    import os
-    import subprocess
+    """DDP: 2 processes x 4 items per step == 1 process x 8: per-step losses (the per-item and per-step terms) and
+    weights, tie parameter included, in float64 plain SGD (bounds: conftest's `assert_same_sgd_training`)."""
     import sys
 
-    from conftest import REPO_ROOT
+    from conftest import (
+        REPO_ROOT,
+        assert_same_sgd_training,
+        float64_hook,
+        free_port,
+        outputs,
+        run_together,
+        subprocess_env,
+    )
 
     data = write_rows(tmp_path / f"{kind}.jsonl", kind, n=48)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     run = ["scripts/train_reward.py", "--dataset_name", data, "--max_steps", "4", "--logging_steps", "1",
            "--learning_rate", "1e-3", "--eval_fraction", "0", "--max_length", "64", "--disable_tqdm", "true",
-           "--save_strategy", "steps", "--save_steps", "4", "--max_grad_norm", "0", "--bf16", "false",
-           *config]  # fmt: skip
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
-    two = subprocess.run([*launcher, *run, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    one = subprocess.run([sys.executable, *run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert one.returncode == 0, one.stderr[-3000:]
+           "--save_strategy", "steps", "--save_steps", "4", "--bf16", "false", "--optim", "sgd", *config]  # fmt: skip
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
+                "--main_process_port", str(free_port())]  # fmt: skip
+    results = run_together(
+        {"two": [*launcher, *run, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
+         "one": [sys.executable, *run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")]},
+        tmp_path / "logs", timeout=600, cwd=REPO_ROOT, env=subprocess_env(float64_hook(tmp_path / "hook")),
+    )  # fmt: skip
+    assert [code for code, _ in results.values()] == [0, 0], outputs(results)
     assert (tmp_path / "two" / "checkpoint-4" / "rng_state_1.pth").exists()  # really 2 processes
-    losses_one, losses_two = (step_losses(tmp_path / name / "checkpoint-4") for name in ("one", "two"))
-    assert sorted(losses_two) == [1, 2, 3, 4]
-    np.testing.assert_allclose([losses_two[s] for s in range(1, 5)], [losses_one[s] for s in range(1, 5)], atol=1e-4)
+    # The tie parameter learns at --tie_learning_rate (1e-2), the fastest rate of the run.
+    assert_same_sgd_training(tmp_path / "one" / "checkpoint-4", tmp_path / "two" / "checkpoint-4", 1e-2)
 
 
 @pytest.mark.slow
