@@ -55,6 +55,17 @@ def cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: fake)
 
 
+def pretend_gpu(monkeypatch, bf16: bool) -> None:
+    """torch seems to see a CUDA GPU, to `reward_trainer.hardware` and the stock arguments (nothing is moved to it);
+    `bf16`: whether it computes bf16."""
+    from reward_trainer import hardware
+
+    monkeypatch.setattr(hardware, "accelerator_type", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "NVIDIA Test GPU")
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: bf16)
+
+
 def tiny_policy(tokenizer):
     """A 2-layer GPT-2 language model, randomly initialised (seed first): the policy of best-of-n and GRPO tests."""
     from transformers import GPT2LMHeadModel
