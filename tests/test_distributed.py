@@ -1,7 +1,7 @@
-"""Scale: every accelerate config loads, 2 processes train like 1, bf16 mixed precision on CPU.
+"""Scale: every accelerate config loads, 2 processes and 2 machines train like 1, bf16 mixed precision on CPU.
 
-The 2-process test runs `accelerate launch scripts/train_reward.py` and the script itself in subprocesses on a few
-hundred synthetic pairs; the bf16 test calls the CLI in-process.
+The 2-process and 2-machine tests run `accelerate launch scripts/train_reward.py` and the script itself in
+subprocesses on a few hundred synthetic pairs, in float64; the bf16 test calls the CLI in-process.
 """
 
 import json
@@ -159,6 +159,34 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     by_rank = {rank: {Path(p).name for r, p in writes if r == rank} for rank in {r for r, _ in writes}}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth"} <= by_rank["0"]
     assert by_rank["1"] == {"rng_state_1.pth"}  # each process keeps its own RNG state; nothing else
+
+
+@pytest.mark.slow  # two launches, one per machine, beside a 1-process run: ~20 s
+def test_two_machines_match_one_process(tmp_path):
+    """2 machines on localhost (accelerate's `--num_machines 2 --machine_rank 0|1`, one process each, an output
+    folder each as if on separate disks) x 8 pairs per step == 1 process x 16: same per-step losses and weights,
+    same eval metrics."""
+    run = SMALL + SGD + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "6"]
+    port = free_port()
+    machines = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1"]
+    commands = {
+        f"machine{rank}": launch(
+            [*run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / f"machine{rank}")],
+            port, *machines, "--machine_rank", str(rank),
+        )
+        for rank in (0, 1)
+    }  # fmt: skip
+    commands["one"] = [sys.executable, "scripts/train_reward.py", *run, "--per_device_train_batch_size", "16",
+                       "--output_dir", str(tmp_path / "one")]  # fmt: skip
+    results = run_together(
+        commands, tmp_path / "logs", timeout=300, cwd=REPO_ROOT, env=subprocess_env(float64_hook(tmp_path / "hook"))
+    )
+    assert [code for code, _ in results.values()] == [0, 0, 0], outputs(results)
+    # Rank 1 ran on the second machine: it kept its RNG state there, and left the model to the main machine.
+    assert (tmp_path / "machine1" / "checkpoint-6" / "rng_state_1.pth").exists(), outputs(results)
+    assert not (tmp_path / "machine1" / "model.safetensors").exists()
+    assert_same_sgd_training(tmp_path / "one" / "checkpoint-6", tmp_path / "machine0" / "checkpoint-6", LEARNING_RATE)
+    assert_same_evaluation(tmp_path / "one", tmp_path / "machine0")
 
 
 # --- mixed precision ----------------------------------------------------------------------------------------------
