@@ -55,6 +55,23 @@ def cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: fake)
 
 
+LENGTH_WORDS = "red blue green gold grey pink cat dog owl fox bee ant".split()
+
+
+def write_varied_lengths(path: Path, n: int = 48) -> str:
+    """Explicit-prompt pairs whose responses run from 0 to 9 words; the chosen one starts with " yes"."""
+    import random
+
+    rng = random.Random(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            prompt = " ".join(rng.choices(LENGTH_WORDS, k=3)) + f" | q{i}?\nanswer:"
+            chosen = " yes " + " ".join(rng.choices(LENGTH_WORDS, k=rng.randint(0, 9)))
+            rejected = " no " + " ".join(rng.choices(LENGTH_WORDS, k=rng.randint(0, 9)))
+            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+    return str(path)
+
+
 def pretend_gpu(monkeypatch, bf16: bool) -> None:
     """torch seems to see a CUDA GPU, to `reward_trainer.hardware` and the stock arguments (nothing is moved to it);
     `bf16`: whether it computes bf16."""

@@ -21,6 +21,7 @@ from conftest import (
     outputs,
     run_together,
     subprocess_env,
+    write_varied_lengths,
 )
 from safetensors.torch import load_file
 
@@ -122,8 +123,11 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     """2 processes x 8 pairs per step == 1 process x 16: same per-step losses and weights, same eval set, one
     writer; the length projection after training sees every training pair once in both, and makes the same edit."""
     write_log = tmp_path / "writes.log"
-    run = SMALL + SGD + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3",
-                         "--length_projection", "true"]  # fmt: skip
+    # Responses of 1 to 10 words, so that there is a length for the projection to find (the built-in task's are
+    # all one word long).
+    data = write_varied_lengths(tmp_path / "pairs.jsonl", n=250)
+    run = SMALL + SGD + ["--dataset_name", data, "--eval_fraction", "0.1", "--max_steps", "6", "--save_strategy",
+                         "steps", "--save_steps", "3", "--length_projection", "true"]  # fmt: skip
     results = run_together(
         {
             "two": launch([*run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "two")],
@@ -151,7 +155,7 @@ def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
     # ridge probe's fitted values move with its inputs by at most 1/(2 sqrt(penalty)) times their change, and its
     # penalty is at least 1e-10 of the largest squared singular value: relative changes of 1e-12 in the inputs move
     # the summary by at most ~1e-7 of its size.
-    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"]
+    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"] == 1
     for key in ("length_projection_coefficient", "length_projection_probe_r2", "length_projection_correlation_before"):
         assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-6, abs=1e-12), key
 

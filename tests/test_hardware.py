@@ -137,12 +137,15 @@ def test_accelerates_single_process_launcher_passes_use_cpu_on(tmp_path, how):
 
 
 SHOW_DEVICE = """
-import os, torch
+import json, os
 from reward_trainer import hardware
 from reward_trainer.config import RewardConfig
-args = RewardConfig(output_dir=os.environ["OUT"] + "/" + os.environ["RANK"])
-print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], "device", args.device.type, "use_cpu", args.use_cpu,
-      "accelerator", hardware.accelerator_type(), "CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+rank = os.environ["RANK"]
+args = RewardConfig(output_dir=os.path.join(os.environ["OUT"], rank))
+seen = {"world": os.environ["WORLD_SIZE"], "device": args.device.type, "use_cpu": args.use_cpu,
+        "accelerator": hardware.accelerator_type()}
+with open(os.path.join(os.environ["OUT"], f"rank{rank}.json"), "w") as f:  # one file each: prints interleave
+    json.dump(seen, f)
 """
 
 # Every process of the launch (launcher included) sees a CUDA GPU: the launcher finds it as accelerate does
@@ -170,12 +173,10 @@ def test_the_cpu_launch_config_keeps_every_process_off_the_gpu(tmp_path):
     results = run_together(
         {"launch": command}, tmp_path / "logs", timeout=300, cwd=REPO_ROOT, env=subprocess_env(hook, OUT=str(tmp_path))
     )
-    code, out = results["launch"]
-    assert code == 0, outputs(results)
-    lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
-    assert len(lines) == 2, outputs(results)
-    for rank, line in enumerate(lines):
-        assert line.startswith(f"rank {rank} of 2 device cpu use_cpu True accelerator None"), line
+    assert results["launch"][0] == 0, outputs(results)
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen == {"world": "2", "device": "cpu", "use_cpu": True, "accelerator": None}, (rank, seen)
 
 
 @pytest.mark.slow  # two short training runs: ~10 s

@@ -2,11 +2,11 @@
 model's rewards of the training responses are uncorrelated with log length."""
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_varied_lengths
 
 from reward_trainer import RewardConfig, RewardScorer
 from reward_trainer.config import DataArguments, ModelArguments
@@ -52,18 +52,6 @@ def test_a_probe_blind_to_length_changes_nothing():
     new, summary = length_projection(rng.normal(size=(400, 6)), lengths, weight)
     assert summary["applied"] == 0 and summary["probe_r2"] < 0.1
     np.testing.assert_array_equal(new, weight)
-
-
-def write_varied_lengths(path, n: int = 48) -> str:
-    """Explicit-prompt pairs whose responses run from 0 to 9 words; the chosen one starts with " yes"."""
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            prompt = " ".join(rng.choices(WORDS, k=3)) + f" | q{i}?\nanswer:"
-            chosen = " yes " + " ".join(rng.choices(WORDS, k=rng.randint(0, 9)))
-            rejected = " no " + " ".join(rng.choices(WORDS, k=rng.randint(0, 9)))
-            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
-    return str(path)
 
 
 @pytest.mark.parametrize(
