@@ -38,13 +38,14 @@ def heldout_prompts(args: BestOfNArguments) -> list[str]:
     from datasets import load_dataset
 
     from .data.formats import prompt_bucket
+    from .data.sources import read_error
 
     if not os.path.isfile(args.dataset_name):
         raise UsageError(f"prompt file {args.dataset_name!r} does not exist")
     try:
         rows = load_dataset("json", data_files=args.dataset_name, split="train")
     except Exception as err:  # datasets raises many types for unreadable files
-        raise DataError(f"{args.dataset_name}: cannot read it as JSON rows ({str(err).splitlines()[0]})") from None
+        raise DataError(f"{args.dataset_name}: cannot read it as JSON rows ({read_error(err)})") from None
     if "prompt" not in rows.column_names and not {"chosen", "rejected"} <= set(rows.column_names):
         raise DataError(f"{args.dataset_name}: needs a `prompt` column or `chosen` and `rejected` columns")
     prompts: dict[str, None] = {}

@@ -105,7 +105,11 @@ def train_main(argv: list[str]) -> int:
 
         train(*parse_args(argv))
 
-    return run_and_report_errors(run)
+    code = run_and_report_errors(run)
+    from .train import end_process_group
+
+    end_process_group()  # after a finished run or a reported error; a crash leaves the launcher to end the group
+    return code
 
 
 def serve_main(argv: list[str]) -> int:

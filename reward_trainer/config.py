@@ -420,7 +420,7 @@ class RewardConfig(TrainingArguments):
 
     def __post_init__(self):
         # The device rule (`reward_trainer.hardware`; training's `--device cpu` is the stock `--use_cpu true`): the
-        # CPU where torch sees no accelerator, or where accelerate was told so (`use_cpu: true` in a launch config);
+        # CPU where torch sees no accelerator, or where accelerate was told so (`ACCELERATE_USE_CPU`);
         # then the precision rule. The stock arguments refuse `--bf16` without `use_cpu` on a machine with no GPU, so
         # one recipe could not serve both machines.
         if not self.use_cpu and (hardware.accelerate_wants_cpu() or hardware.accelerator_type() is None):

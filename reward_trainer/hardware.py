@@ -2,8 +2,9 @@
 
 Device rule (every command: train, evaluate, rewardbench, best-of-n, the scorer, the server):
     `--device` when given; else the CPU when accelerate was told so (`ACCELERATE_USE_CPU`, which `accelerate
-    launch` sets from a config's `use_cpu: true`); else the accelerator torch sees (`cuda`, `xpu`, `mps`, ...),
-    the process's own one under a multi-process launch (`LOCAL_RANK`); else the CPU.
+    launch --cpu` sets, as does a config's `use_cpu: true` under its single-process launcher; its multi-process
+    launcher does not, hence `gpu_ids` in accelerate_configs/cpu.yaml); else the accelerator torch sees (`cuda`,
+    `xpu`, `mps`, ...), the process's own one under a multi-process launch (`LOCAL_RANK`); else the CPU.
 
 Precision rule (training, when neither `--bf16` nor `--fp16` is given and no `accelerate launch` config names a
 mixed precision):
@@ -96,7 +97,8 @@ def accelerator_type() -> str | None:
 
 
 def accelerate_wants_cpu() -> bool:
-    """Whether `accelerate launch` was told to keep the processes on the CPU (`use_cpu: true` or `--cpu`)."""
+    """Whether `accelerate launch` was told to keep the processes on the CPU (`--cpu`, or `use_cpu: true` under
+    its single-process launcher)."""
     return os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on", "y")
 
 

@@ -243,6 +243,12 @@ def flex_block_mask(mask: torch.Tensor):
     )
 
 
+def at_least_float32(values: torch.Tensor) -> torch.Tensor:
+    """`values` (rewards, the head's inputs) in float32 from a bf16 or fp16 forward, for the loss and statistics;
+    float64 ones stay float64."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Rewards (U,) (or (U, K) for a head of K outputs) of the unique sequences of a batch laid out by `prefix_shared_batch`.
 
@@ -264,5 +270,5 @@ def prefix_shared_rewards(model, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     finally:
         handle.remove()
     per_token = captured[0]  # (R, T, K): K = 1, or 2 with a length head
-    rewards = per_token.reshape(-1, per_token.shape[-1])[inputs["reward_index"]].float()  # (U, K)
+    rewards = at_least_float32(per_token.reshape(-1, per_token.shape[-1])[inputs["reward_index"]])  # (U, K)
     return rewards.squeeze(-1) if rewards.shape[-1] == 1 else rewards

@@ -150,6 +150,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     return _finish(trainer, training_args, metrics, contract)
 
 
+def end_process_group() -> None:
+    """Destroys this process's group of a multi-process launch, if it has one, while the interpreter is whole.
+
+    Left to the interpreter's exit, the group's gloo worker threads may still be releasing the last collective's
+    tensors; releasing a tensor that Python has seen takes the GIL, and a thread that asks for it while the
+    interpreter finalizes is ended by Python inside a C++ destructor: `std::terminate`, SIGABRT ("terminate called
+    without an active exception"). Destroying the group joins those threads first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _finish(
     trainer: RewardTrainer, training_args: RewardConfig, metrics: dict[str, float], contract: ScoringContract
 ) -> dict[str, float]:

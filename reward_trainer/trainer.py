@@ -31,7 +31,7 @@ from .loss import (
 )
 from .memory import MemoryPlan, plan_memory
 from .metrics import LABEL_COLUMNS
-from .packing import prefix_shared_rewards, shared_prefix_length, shared_row_length
+from .packing import at_least_float32, prefix_shared_rewards, shared_prefix_length, shared_row_length
 
 logger = logging.getLogger("reward_trainer")
 
@@ -248,14 +248,14 @@ class RewardTrainer(Trainer):
                 batch_lengths = [torch.cat([part[key] for part in parts]) for key in RESPONSE_LENGTH_COLUMNS]
                 # Per pair, (B, 2, H) and (B, 2), so that the duplicates filling the last batch are dropped whole.
                 pairs, pair_lengths = self.accelerator.gather_for_metrics(
-                    (torch.stack([chosen, rejected], 1).float(), torch.stack(batch_lengths, 1))
+                    (at_least_float32(torch.stack([chosen, rejected], 1)), torch.stack(batch_lengths, 1))
                 )
                 features.append(pairs.flatten(0, 1).cpu())
                 lengths.append(pair_lengths.flatten().cpu())
         finally:
             handle.remove()
         weight, summary = length_projection(
-            torch.cat(features).numpy(), torch.cat(lengths).numpy(), head.weight[0].float().cpu().numpy()
+            torch.cat(features).numpy(), torch.cat(lengths).numpy(), head.weight[0].double().cpu().numpy()
         )
         head.weight[0] = torch.as_tensor(weight, dtype=head.weight.dtype, device=head.weight.device)
         return {f"length_projection_{key}": value for key, value in summary.items()}
@@ -387,7 +387,7 @@ class RewardTrainer(Trainer):
         # under DDP, gathers a dict key by key. The data's columns are the same in every batch and process; one
         # that the data lacks is left out.
         labels = {key: label_column(key, inputs[key]) for key in LABEL_COLUMNS if key in inputs}
-        return loss.detach(), {key: value.float() for key, value in predictions.items()}, labels
+        return loss.detach(), {key: at_least_float32(value) for key, value in predictions.items()}, labels
 
     def create_model_card(self, model_name=None, finetuned_from=None, dataset=None, command=None, **kwargs):
         """Writes the reward-model card (`reward_trainer.hub.model_card`) to `output_dir/README.md`; called by
@@ -488,7 +488,7 @@ def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         rewards = prefix_shared_rewards(model, inputs)  # (U,)
     else:
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        rewards = logits.squeeze(-1).float()  # (2B,) or (U,); (.., 2) with a length head
+        rewards = at_least_float32(logits.squeeze(-1))  # (2B,) or (U,); (.., 2) with a length head
         if "chosen_index" not in inputs:
             return rewards.chunk(2)
     return rewards[inputs["chosen_index"]], rewards[inputs["rejected_index"]]

@@ -111,3 +111,70 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip() and not any(p in line for p in progress)]
     assert "Traceback" not in result.stderr
     assert len(lines) == 1 and "non_string_field.jsonl: row 2: field 'chosen'" in lines[0], result.stderr
+
+
+# --- damaged files: every command that reads one says so in one line ------------------------------------------
+
+
+def damaged_file(folder: Path, damage: str) -> tuple[Path, str]:
+    """A file of 200 preference rows, damaged as an interrupted download or a mislabelled file leaves it, and the
+    words the error must contain."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"Q{i}?", "chosen": f" good answer {i}", "rejected": f" bad {i}"} for i in range(200)]
+    lines = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    if damage == "parquet_truncated":
+        path = folder / "pairs.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path, "cannot read as parquet"
+    path = folder / "pairs.jsonl.gz"
+    whole = gzip.compress(lines)
+    content = {
+        "gzip_truncated": whole[: len(whole) // 2],  # rows are read up to the cut, then the stream stops
+        "gzip_truncated_in_first_row": whole[:30],
+        "gzip_corrupt": whole[:10] + bytes(range(256)) * 4,  # a gzip header, then data that is not deflate
+        "not_gzip": lines,  # named .gz, written plain
+    }[damage]
+    path.write_bytes(content)
+    expected = "not a valid gzip file" if damage in ("gzip_corrupt", "not_gzip") else "the file is truncated"
+    return path, expected
+
+
+DAMAGES = ["gzip_truncated", "gzip_truncated_in_first_row", "gzip_corrupt", "not_gzip", "parquet_truncated"]
+COMMANDS = ["train", "evaluate", "evaluate --benchmark", "best-of-n"]
+
+
+@pytest.mark.parametrize(
+    "command, damage",
+    # best-of-n reads its prompts from JSON files only
+    [(c, d) for c in COMMANDS for d in DAMAGES if (c, d) != ("best-of-n", "parquet_truncated")],
+)
+def test_a_damaged_file_is_one_line_and_exit_code_2(command, damage, tmp_path, capsys, request):
+    from reward_trainer import cli
+
+    path, expected = damaged_file(tmp_path, damage)
+    out = str(tmp_path / "out")
+    if command == "train":
+        argv = ["train", "--dataset_name", str(path), "--max_steps", "1", "--bf16", "false", "--output_dir", out]
+        argv += ["--dataset_cache_dir", str(tmp_path / "cache")]
+    elif command == "evaluate":
+        model = request.getfixturevalue("trained_checkpoint")
+        argv = ["evaluate", "--model_name_or_path", str(model), "--dataset_name", str(path), "--output_dir", out]
+    elif command == "evaluate --benchmark":  # the file is read before the model is loaded
+        argv = ["evaluate", "--model_name_or_path", str(tmp_path), "--benchmark", "rewardbench"]
+        argv += ["--dataset_name", str(path), "--output_dir", out]
+    else:  # the prompts are read before any model is loaded: the folders need only exist
+        argv = ["best-of-n", "--proxy_model", str(tmp_path), "--gold_model", str(tmp_path)]
+        argv += ["--dataset_name", str(path), "--output_dir", out]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    progress = ("%|", "examples/s]", "examples [", "it/s]")
+    lines = [line for line in err.splitlines() if line.strip() and not any(p in line for p in progress)]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"reward-trainer: error: {path}: "), err
+    assert expected in lines[0], lines[0]

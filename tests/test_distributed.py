@@ -1,20 +1,28 @@
-"""Scale: every accelerate config loads, 2 processes train like 1, bf16 mixed precision on CPU.
+"""Scale: every accelerate config loads, 2 processes and 2 machines train like 1, bf16 mixed precision on CPU.
 
-The 2-process test runs `accelerate launch scripts/train_reward.py` and the script itself in subprocesses on a few
-hundred synthetic pairs; the bf16 test calls the CLI in-process.
+The 2-process and 2-machine tests run `accelerate launch scripts/train_reward.py` and the script itself in
+subprocesses on a few hundred synthetic pairs, in float64; the bf16 test calls the CLI in-process.
 """
 
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, SMALL, step_losses, subprocess_env
+from conftest import (
+    REPO_ROOT,
+    SMALL,
+    assert_same_sgd_training,
+    float64_hook,
+    free_port,
+    outputs,
+    run_together,
+    subprocess_env,
+    write_varied_lengths,
+)
 from safetensors.torch import load_file
 
 from reward_trainer import cli
@@ -82,89 +90,110 @@ torch.save = _wrap(torch.save)
 """
 
 
-@pytest.mark.slow  # `accelerate launch` with 2 processes beside a 1-process run: ~10 s
-def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
-    """2 processes x 8 pairs per step == 1 process x 16: same per-step losses, same eval set, one writer; the
-    length projection after training sees every training pair once in both, and makes the same edit."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(WRITE_LOGGER)
-    write_log = tmp_path / "writes.log"
-    run = SMALL + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--length_projection", "true"]
-    two = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(CONFIGS / "cpu.yaml"),
-            "scripts/train_reward.py",
-            *run,
-            "--per_device_train_batch_size",
-            "8",
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        cwd=REPO_ROOT,
-        env=subprocess_env(hook, WRITE_LOG=str(write_log)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    one = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train_reward.py",
-            *run,
-            "--per_device_train_batch_size",
-            "16",
-            "--output_dir",
-            str(tmp_path / "one"),
-        ],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out, _ = two.communicate(timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert two.returncode == 0, out[-3000:]
-    assert "find_unused_parameters=True was specified" not in out  # no extra autograd traversal per step
-    assert "rng_state_1.pth" in os.listdir(tmp_path / "two" / "checkpoint-6")  # really 2 processes
+def launch(run: list[str], port: int, *extra: str) -> list[str]:
+    """`accelerate launch` of the training script with `accelerate_configs/cpu.yaml` (one machine, 2 processes) and
+    a free rendezvous port; `extra` launcher flags (e.g. several machines) override the config's."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu.yaml"),
+            "--main_process_port", str(port), *extra, "scripts/train_reward.py", *run]  # fmt: skip
 
-    losses_one, losses_two = (
-        step_losses(tmp_path / "one" / "checkpoint-6"),
-        step_losses(tmp_path / "two" / "checkpoint-6"),
-    )
-    assert sorted(losses_two) == list(range(1, 7))
-    np.testing.assert_allclose(
-        [losses_two[s] for s in range(1, 7)], [losses_one[s] for s in range(1, 7)], atol=1e-4, rtol=0
-    )
 
-    eval_pairs = json.loads((tmp_path / "two" / "data_report.json").read_text())["eval_pairs"]
+# Float64 plain SGD at the quickstart's learning rate: runs in two layouts then differ by roundoff alone, and
+# conftest's bounds follow from the arithmetic (`assert_same_sgd_training`).
+SGD = ["--optim", "sgd"]
+LEARNING_RATE = 1e-3  # recipes/quickstart.yaml's
+
+
+def assert_same_evaluation(one: Path, two: Path) -> None:
+    """The same eval pairs, each once, and the same metrics. The rewards of the two runs' weights differ by
+    roundoff (GRADIENT_ROUNDOFF of their size, below 10 here) plus what the weights' difference (below 1e-14 per
+    weight after a few SGD steps at lr 1e-3) makes of them, under sqrt(P) = 690 times a reward's gradient norm
+    (below 100 for these 0.02-scale weights): both far below 1e-9, the bound on the metrics (means and stds of
+    rewards)."""
+    eval_pairs = json.loads((two / "data_report.json").read_text())["eval_pairs"]
     assert eval_pairs % 8 != 0  # so 2 processes x batch 4 would need padding: duplicates would show
-    metrics_two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
-    metrics_one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    metrics_two = json.loads((two / "eval_results.json").read_text())
+    metrics_one = json.loads((one / "eval_results.json").read_text())
     assert metrics_two["eval_num_pairs"] == metrics_one["eval_num_pairs"] == eval_pairs
     # Metrics come from the gathered per-pair rewards, padding removed. (Not `eval_loss`: the stock Trainer
     # averages per-batch losses, and the last batch of a process holds the sampler's padding duplicates.)
     assert metrics_two["eval_accuracy"] == metrics_one["eval_accuracy"]
     for key in ("eval_margin", "eval_chosen_reward_mean", "eval_rejected_reward_std"):
-        assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-4), key
+        assert metrics_two[key] == pytest.approx(metrics_one[key], abs=1e-9), key
+
+
+@pytest.mark.slow  # `accelerate launch` with 2 processes beside a 1-process run: ~15 s
+def test_two_processes_match_one_process_and_evaluate_every_pair_once(tmp_path):
+    """2 processes x 8 pairs per step == 1 process x 16: same per-step losses and weights, same eval set, one
+    writer; the length projection after training sees every training pair once in both, and makes the same edit."""
+    write_log = tmp_path / "writes.log"
+    # Responses of 1 to 10 words, so that there is a length for the projection to find (the built-in task's are
+    # all one word long).
+    data = write_varied_lengths(tmp_path / "pairs.jsonl", n=250)
+    run = SMALL + SGD + ["--dataset_name", data, "--eval_fraction", "0.1", "--max_steps", "6", "--save_strategy",
+                         "steps", "--save_steps", "3", "--length_projection", "true"]  # fmt: skip
+    results = run_together(
+        {
+            "two": launch([*run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "two")],
+                          free_port()),
+            "one": [sys.executable, "scripts/train_reward.py", *run, "--per_device_train_batch_size", "16",
+                    "--output_dir", str(tmp_path / "one")],
+        },
+        tmp_path / "logs",
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=subprocess_env(float64_hook(tmp_path / "hook", WRITE_LOGGER), WRITE_LOG=str(write_log)),
+    )  # fmt: skip
+    assert [code for code, _ in results.values()] == [0, 0], outputs(results)
+    out = results["two"][1]
+    assert "find_unused_parameters=True was specified" not in out  # no extra autograd traversal per step
+    assert "rng_state_1.pth" in os.listdir(tmp_path / "two" / "checkpoint-6")  # really 2 processes
+
+    assert_same_sgd_training(tmp_path / "one" / "checkpoint-6", tmp_path / "two" / "checkpoint-6", LEARNING_RATE)
+    assert_same_evaluation(tmp_path / "one", tmp_path / "two")
 
     projection_two, projection_one = (
         json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("two", "one")
     )
-    # The same responses were gathered (the probe's fit and the correlation depend on every one of them).
-    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"]
+    # The same responses were gathered (the probe's fit and the correlation depend on every one of them). The
+    # ridge probe's fitted values move with its inputs by at most 1/(2 sqrt(penalty)) times their change, and its
+    # penalty is at least 1e-10 of the largest squared singular value: relative changes of 1e-12 in the inputs move
+    # the summary by at most ~1e-7 of its size.
+    assert projection_two["length_projection_applied"] == projection_one["length_projection_applied"] == 1
     for key in ("length_projection_coefficient", "length_projection_probe_r2", "length_projection_correlation_before"):
-        assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-3, abs=1e-6), key
+        assert projection_two[key] == pytest.approx(projection_one[key], rel=1e-6, abs=1e-12), key
 
     writes = [line.split(" ", 1) for line in write_log.read_text().splitlines()]
     by_rank = {rank: {Path(p).name for r, p in writes if r == rank} for rank in {r for r, _ in writes}}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state_0.pth"} <= by_rank["0"]
     assert by_rank["1"] == {"rng_state_1.pth"}  # each process keeps its own RNG state; nothing else
+
+
+@pytest.mark.slow  # two launches, one per machine, beside a 1-process run: ~20 s
+def test_two_machines_match_one_process(tmp_path):
+    """2 machines on localhost (accelerate's `--num_machines 2 --machine_rank 0|1`, one process each, an output
+    folder each as if on separate disks) x 8 pairs per step == 1 process x 16: same per-step losses and weights,
+    same eval metrics."""
+    run = SMALL + SGD + ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "6"]
+    port = free_port()
+    machines = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1"]
+    commands = {
+        f"machine{rank}": launch(
+            [*run, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / f"machine{rank}")],
+            port, *machines, "--machine_rank", str(rank),
+        )
+        for rank in (0, 1)
+    }  # fmt: skip
+    commands["one"] = [sys.executable, "scripts/train_reward.py", *run, "--per_device_train_batch_size", "16",
+                       "--output_dir", str(tmp_path / "one")]  # fmt: skip
+    results = run_together(
+        commands, tmp_path / "logs", timeout=300, cwd=REPO_ROOT, env=subprocess_env(float64_hook(tmp_path / "hook"))
+    )
+    assert [code for code, _ in results.values()] == [0, 0, 0], outputs(results)
+    # Rank 1 ran on the second machine: it kept its RNG state there, and left the model to the main machine.
+    assert (tmp_path / "machine1" / "checkpoint-6" / "rng_state_1.pth").exists(), outputs(results)
+    assert not (tmp_path / "machine1" / "model.safetensors").exists()
+    assert_same_sgd_training(tmp_path / "one" / "checkpoint-6", tmp_path / "machine0" / "checkpoint-6", LEARNING_RATE)
+    assert_same_evaluation(tmp_path / "one", tmp_path / "machine0")
 
 
 # --- mixed precision ----------------------------------------------------------------------------------------------

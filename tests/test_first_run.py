@@ -84,24 +84,22 @@ def test_whole_file_problems_name_the_file_and_say_what_is_wrong(tmp_path, capsy
     assert "cannot detect the data format" not in lines[0]
 
 
-def test_recipes_use_the_gpu_when_there_is_one(monkeypatch):
-    """No recipe sets `use_cpu`; a run takes the CPU only where torch sees no accelerator (`--bf16` is then CPU
-    autocast, which the stock arguments would refuse without `use_cpu`)."""
+def test_recipes_use_the_gpu_when_there_is_one_in_the_machines_precision(monkeypatch):
+    """No recipe sets `use_cpu`, `bf16` or `fp16`: a run takes the GPU when torch sees one (else the CPU), in the
+    precision that device computes fastest (`reward_trainer.hardware`; the CPU of the tests has no native bf16)."""
     import yaml
-    from conftest import REPO_ROOT
-
-    from reward_trainer import hardware
+    from conftest import REPO_ROOT, pretend_gpu
 
     recipes = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
     for recipe in recipes:
-        assert "use_cpu" not in yaml.safe_load(recipe.read_text()), recipe.name
-    for present in (False, True):
-        monkeypatch.setattr(hardware, "accelerator_type", lambda present=present: "cuda" if present else None)
+        assert not {"use_cpu", "bf16", "fp16"} & set(yaml.safe_load(recipe.read_text())), recipe.name
+    for gpu in (False, True):
+        if gpu:
+            pretend_gpu(monkeypatch, bf16=True)
         for recipe in recipes:
-            # bf16 on the CPU is autocast; with a pretend GPU it is turned off: this machine has none to check it on
-            bf16 = ["--bf16", "false"] if present else ["--bf16", "true"]
-            _, _, training_args = cli.parse_args(["--config", str(recipe), *bf16, "--output_dir", "x"])
-            assert training_args.use_cpu is not present, recipe.name
+            _, _, training_args = cli.parse_args(["--config", str(recipe), "--output_dir", "x"])
+            assert training_args.use_cpu is not gpu, recipe.name
+            assert training_args.precision.name == ("bf16" if gpu else "fp32"), recipe.name
 
 
 def test_ddp_skips_the_search_for_unused_parameters_by_default(tmp_path):

@@ -2,11 +2,11 @@
 model's rewards of the training responses are uncorrelated with log length."""
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_varied_lengths
 
 from reward_trainer import RewardConfig, RewardScorer
 from reward_trainer.config import DataArguments, ModelArguments
@@ -54,18 +54,6 @@ def test_a_probe_blind_to_length_changes_nothing():
     np.testing.assert_array_equal(new, weight)
 
 
-def write_varied_lengths(path, n: int = 48) -> str:
-    """Explicit-prompt pairs whose responses run from 0 to 9 words; the chosen one starts with " yes"."""
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(n):
-            prompt = " ".join(rng.choices(WORDS, k=3)) + f" | q{i}?\nanswer:"
-            chosen = " yes " + " ".join(rng.choices(WORDS, k=rng.randint(0, 9)))
-            rejected = " no " + " ".join(rng.choices(WORDS, k=rng.randint(0, 9)))
-            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
-    return str(path)
-
-
 @pytest.mark.parametrize(
     "config",
     [{}, {"prefix_sharing": False}, {"length_debias": True}],
@@ -96,6 +84,8 @@ def test_the_saved_reward_is_uncorrelated_with_length_on_the_training_responses(
     lengths += [response_lengths(row)["rejected_length"] for row in rows]
     with torch.no_grad():
         rewards = np.array(scorer.forward(ids))
+    # Not 0: the edit is exact in float64, the rewards are scored again in float32. Their roundoff (~1e-6 on rewards
+    # below 2 in size) over their spread (a std above 0.1) bounds the correlation left by ~1e-5.
     assert abs(np.corrcoef(rewards, np.log1p(lengths))[0, 1]) < 1e-4
 
 

@@ -9,6 +9,7 @@ import codecs
 import gzip
 import json
 import os
+import zlib
 
 from datasets import Dataset, Features, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
@@ -18,6 +19,9 @@ from ..errors import DataError
 from ..hub import is_hub_id
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet", ".csv")
+# What reading a damaged `.gz` file raises: EOFError where the stream stops short (a truncated file), BadGzipFile
+# where it does not start as gzip, zlib.error where its compressed data is corrupt.
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 RAW_FEATURES = Features({"_row": Value("int64"), "_json": Value("string"), "_error": Value("string")})
 
 
@@ -94,7 +98,7 @@ def read_source(name: str, data_args: DataArguments, seed: int) -> dict[str, Dat
         try:
             return {"train": load_dataset(kind, data_files=path, split="train", cache_dir=cache_dir)}
         except Exception as err:  # pyarrow raises many types for unreadable files
-            raise DataError(f"{name}: cannot read as {kind}: {_first_line(err)}") from None
+            raise DataError(f"{name}: cannot read as {kind}: {read_error(err)}") from None
     if name.endswith(LOCAL_SUFFIXES) or not is_hub_id(name):
         raise DataError(f"dataset file {name!r} does not exist")
     try:  # a Hub dataset, e.g. Anthropic/hh-rlhf
@@ -209,8 +213,11 @@ def _refuse_one_object(path: str, max_bytes: int = 64 * 2**20) -> None:
     """A `DataError` for a file that is one JSON object written over several lines (`{` alone on line 1), which
     JSON Lines would read as a broken row per line. Files over `max_bytes` are left to the row checks."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        first = f.readline()
+    try:
+        with opener(path, "rb") as f:
+            first = f.readline()
+    except GZIP_ERRORS as err:
+        raise DataError(f"{path}: cannot read: {read_error(err)}") from None
     try:
         json.loads(first)
         return
@@ -220,7 +227,7 @@ def _refuse_one_object(path: str, max_bytes: int = 64 * 2**20) -> None:
     with opener(path, "rb") as f:
         try:
             whole = json.load(f)
-        except ValueError:  # not one object either: its lines are reported as rows
+        except (ValueError, *GZIP_ERRORS):  # not one object either: its lines are reported as rows (or the error)
             return
     if isinstance(whole, dict):
         raise DataError(f"{path}: {SINGLE_OBJECT}")
@@ -229,8 +236,11 @@ def _refuse_one_object(path: str, max_bytes: int = 64 * 2**20) -> None:
 def read_json(path: str, cache_dir: str | None = None) -> Dataset:
     """A `.json` file: a JSON array of objects (row = position in the array), or JSON Lines under that name."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        head = f.read(4096).lstrip()
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4096).lstrip()
+    except GZIP_ERRORS as err:
+        raise DataError(f"{path}: cannot read: {read_error(err)}") from None
     if head.startswith(b"["):
         return _from_generator(json_array_rows, path, cache_dir)
     return read_json_lines(path, cache_dir)
@@ -253,10 +263,23 @@ def _from_generator(generator, path: str, cache_dir: str | None) -> Dataset:
         cause = err.__cause__ or err.__context__ or err
         if isinstance(cause, DataError):
             raise cause from None
-        raise DataError(f"{path}: cannot read: {_first_line(cause)}") from None
+        raise DataError(f"{path}: cannot read: {read_error(cause)}") from None
     if len(rows) == 0:
         raise DataError(f"{path}: row 1: the file is empty (no rows)")
     return rows
+
+
+def read_error(err: BaseException) -> str:
+    """What went wrong reading a file, in a few words: a damaged gzip stream (anywhere in `err`'s chain of causes)
+    said plainly, else the first line of `err`."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, EOFError):
+            return "its compressed stream ends early: the file is truncated (an interrupted download?); fetch it again"
+        if isinstance(seen, gzip.BadGzipFile | zlib.error):
+            return f"not a valid gzip file ({_first_line(seen)})"
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:
