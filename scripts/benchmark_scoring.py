@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchmark_training import non_embedding_params  # this folder is on sys.path when a script runs
+from benchmark_training import TokenCounter, non_embedding_params  # this folder is on sys.path when a script runs
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from reward_trainer import RewardScorer, hardware
@@ -141,17 +141,6 @@ def chat_rendered(tokenizer, prompts: list[str], responses: list[str]) -> tuple[
         rendered_prompts.append(rendered_prompt)
         rendered_responses.append(suffix)
     return rendered_prompts, rendered_responses
-
-
-class TokenCounter:
-    """Counts the token ids that reach a model's input embeddings (padding included)."""
-
-    def __init__(self, model):
-        self.tokens = 0
-        model.get_input_embeddings().register_forward_hook(self.count)
-
-    def count(self, module, args, output):
-        self.tokens += args[0].numel()
 
 
 def grouped_main(args) -> dict:

@@ -125,6 +125,17 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 
+class TokenCounter:
+    """Counts the token ids that reach a model's input embeddings (padding included)."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        model.get_input_embeddings().register_forward_hook(self.count)
+
+    def count(self, module, args, output):
+        self.tokens += args[0].numel()
+
+
 def unique_tokens(pair: dict) -> int:
     from reward_trainer.packing import shared_row_length
 
@@ -173,9 +184,11 @@ def train_one(args) -> dict:
     collator = type(trainer.data_collator).__name__
     step_ends = StepEnds()
     trainer.add_callback(step_ends)
+    counter = TokenCounter(model)  # from here on: the training forwards only
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    positions = counter.tokens
     # Steady state: the steps after the first, which pays one-time costs (oneDNN kernels for new shapes, in bf16
     # most of all) that weigh heavily in a run of a few steps.
     steady_seconds = step_ends.times[-1] - step_ends.times[0] if len(step_ends.times) > 1 else seconds
@@ -202,6 +215,7 @@ def train_one(args) -> dict:
         "steady_pairs_per_s": steady_pairs / steady_seconds,
         "cpu_seconds": cpu_seconds,
         "pairs_per_cpu_s": len(train_pairs) / cpu_seconds,
+        "positions": positions,  # token positions the training forwards ran, padding included
         "real_tokens_per_s": real / seconds,
         "unique_tokens_per_s": unique / seconds,
         "non_embedding_params": non_embedding_params(model),
@@ -358,12 +372,19 @@ def compare(results: list[dict], args) -> dict:
         out["eval_accuracy_diff_vs_trl"][key] = ours["eval_accuracy"] - theirs["eval_accuracy"]
         out["rss_ratio_vs_trl"][key] = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
         out.setdefault("steady_speedup_vs_trl", {})[key] = ours["steady_pairs_per_s"] / theirs["steady_pairs_per_s"]
+        # The token bound: the positions TRL runs over ours (each system's forwards, padding included). Where a
+        # forward costs the same per position, no exact method gains more than it from running fewer positions.
+        bound = theirs["positions"] / ours["positions"]
+        out.setdefault("token_bound", {})[key] = bound
+        out.setdefault("fraction_of_token_bound", {})[key] = out["speedup_vs_trl"][key] / bound
         print(
             f"{key}: speedup vs TRL {out['speedup_vs_trl'][key]:.2f}x (pairs/s), "
             f"{out['speedup_vs_trl_cpu_time'][key]:.2f}x (pairs per CPU-second), "
             f"{out['steady_speedup_vs_trl'][key]:.2f}x after the first step; peak RSS ours/TRL "
             f"{out['rss_ratio_vs_trl'][key]:.2f}; eval accuracy ours - TRL {out['eval_accuracy_diff_vs_trl'][key]:+.3f}; "
-            f"largest per-step train-loss difference {ours['max_loss_diff_vs_trl']:.2e} (our order: {args.sampling})"
+            f"largest per-step train-loss difference {ours['max_loss_diff_vs_trl']:.2e} (our order: {args.sampling}); "
+            f"token bound {bound:.2f}x (TRL runs {theirs['positions']:,} positions, ours {ours['positions']:,}): "
+            f"{out['fraction_of_token_bound'][key]:.2f} of it"
         )
     return out
 
