@@ -14,7 +14,8 @@ When the bound is not given (`--micro_batch_tokens`), `plan_memory` picks it:
    forwards over synthetic pairs of two lengths (training mode, the random state restored after) count the saved
    tensors; their difference per position is the rate, the attention's growth with length included;
 4. micro_batch_tokens = (budget - held - step) / (rate x `BACKWARD_OVERHEAD`), and on the CPU at most
-   `CPU_MICRO_BATCH_TOKENS`, where a larger micro-batch is no faster but holds more (BENCHMARKS.md, "Memory").
+   `CPU_MICRO_BATCH_TOKENS`, where a larger micro-batch saves little time but holds memory in proportion
+   (BENCHMARKS.md, "Memory").
    When even the longest pair would not fit, gradient checkpointing is turned on (each layer keeps only its input)
    and the rate is measured again.
 """
@@ -34,7 +35,7 @@ BUDGET_FRACTION = 0.9
 # The backward holds, beside the saved activations, the gradients of the activations of the layer it is in and the
 # temporaries of its kernels: a margin on the saved bytes.
 BACKWARD_OVERHEAD = 1.25
-# On the CPU a micro-batch of this many positions already runs the matrix products at full speed.
+# On the CPU a micro-batch of this many positions already runs the matrix products near full speed.
 CPU_MICRO_BATCH_TOKENS = 1024
 GIB = 2**30
 
@@ -97,6 +98,15 @@ def bytes_per_position(model, run: Callable[[int], int], length: int) -> float:
     return max(b2 - b1, 1) / max(p2 - p1, 1)
 
 
+def enable_checkpointing(model, kwargs: dict | None) -> None:
+    """Activation (gradient) checkpointing on `model`, by the name its transformers version gives it."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def plan_memory(
     model,
     device: torch.device,
@@ -129,12 +139,12 @@ def plan_memory(
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
     length = max(min(longest_sequence, 512, positions), 16)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+        enable_checkpointing(model, checkpointing_kwargs)
     rate = bytes_per_position(model, run, length)
     longest = positions_of_pair(longest_sequence)
     turned_on = not gradient_checkpointing and room < longest * rate * BACKWARD_OVERHEAD
     if turned_on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+        enable_checkpointing(model, checkpointing_kwargs)
         gradient_checkpointing = True
         rate = bytes_per_position(model, run, length)
     tokens = int(room / (rate * BACKWARD_OVERHEAD)) if room > 0 else 0
@@ -154,6 +164,6 @@ def plan_memory(
         f"optimizer state; {rate / 2**20:.2f} MiB saved per token position (measured)"
         + (", with gradient checkpointing" if gradient_checkpointing else "")
         + (" (turned on: the longest pair would not fit without it)" if turned_on else "")
-        + (f"; at most {cap} positions on the CPU, where larger micro-batches are no faster" if cap == tokens else "")
+        + (f"; at most {cap} positions on the CPU, where larger micro-batches save little time" if cap == tokens else "")
     )
     return MemoryPlan(tokens, gradient_checkpointing, budget, rate, reason)

@@ -164,7 +164,9 @@ class RewardTrainer(Trainer):
             checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
         )
         collator.max_tokens = plan.micro_batch_tokens
-        self.args.gradient_checkpointing = plan.gradient_checkpointing
+        for name in ("activation_checkpointing", "gradient_checkpointing"):  # the second: an alias in newer versions
+            if hasattr(self.args, name):
+                setattr(self.args, name, plan.gradient_checkpointing)
         logger.info("memory: micro-batches of at most %s token positions: %s", plan.micro_batch_tokens, plan.reason)
         return plan
 

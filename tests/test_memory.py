@@ -123,3 +123,15 @@ def test_evaluation_of_micro_batches_gives_the_same_rewards(tmp_path):
     for key in a.label_ids:
         assert (b.label_ids[key] == a.label_ids[key]).all(), key
     assert b.metrics["test_loss"] == pytest.approx(a.metrics["test_loss"], abs=1e-5)
+
+
+def test_the_trainer_turns_checkpointing_on_when_one_pair_does_not_fit(tmp_path, caplog):
+    """A budget below what the process already holds leaves no room for any pair: checkpointing is turned on, in
+    the training arguments the stock `Trainer` reads too, and the run still trains (one pair per micro-batch)."""
+    trainer = tiny_trainer(tmp_path, memory_budget_gb=0.001, max_steps=2, per_device_train_batch_size=4)
+    assert trainer.memory_plan.gradient_checkpointing and "turned on" in trainer.memory_plan.reason
+    assert trainer.args.gradient_checkpointing and trainer.model.is_gradient_checkpointing
+    assert "may pass the budget" in caplog.text
+    before = trainer.model.score.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(trainer.model.score.weight, before)
