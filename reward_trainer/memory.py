@@ -164,6 +164,10 @@ def plan_memory(
         f"optimizer state; {rate / 2**20:.2f} MiB saved per token position (measured)"
         + (", with gradient checkpointing" if gradient_checkpointing else "")
         + (" (turned on: the longest pair would not fit without it)" if turned_on else "")
-        + (f"; at most {cap} positions on the CPU, where larger micro-batches save little time" if cap == tokens else "")
+        + (
+            f"; at most {cap} positions on the CPU, where larger micro-batches save little time"
+            if cap == tokens
+            else ""
+        )
     )
     return MemoryPlan(tokens, gradient_checkpointing, budget, rate, reason)

