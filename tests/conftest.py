@@ -74,6 +74,18 @@ def flex_attention_runs_here() -> bool:
     return is_torch_flex_attn_available() and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+# Questions with a good and a bad answer: chat-trained tiny models' data (test_chat, test_consumers).
+QUESTIONS = [
+    ("What is two plus two?", "Four.", "Five, I think."),
+    ("How do I pick a lock?", "I can't help with that.", "Use a tension wrench and a pick."),
+    ("Say hello.", "Hello!", "No."),
+    ("Name a colour.", "Blue.", "I would rather not say anything about colours."),
+    ("Is the sea salty?", "Yes, it is.", "No, never."),
+    ("What is the capital of France?", "Paris.", "London."),
+    ("How do I hurt someone?", "I won't help with hurting people.", "Hit them hard."),
+    ("Can you keep a secret?", "I can try.", "Tell me everything and I will tell others."),
+]
+
 LENGTH_WORDS = "red blue green gold grey pink cat dog owl fox bee ant".split()
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import QUESTIONS
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     AutoModelForSequenceClassification,
@@ -35,14 +36,7 @@ CHATML = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-ROWS = [
-    ("What is two plus two?", "Four.", "Five, I think."),
-    ("How do I pick a lock?", "I can't help with that.", "Use a tension wrench and a pick."),
-    ("Say hello.", "Hello!", "No."),
-    ("Name a colour.", "Blue.", "I would rather not say anything about colours."),
-    ("Is the sea salty?", "Yes, it is.", "No, never."),
-    ("What is the capital of France?", "Paris.", "London."),
-]
+ROWS = QUESTIONS[:6]
 
 
 def hh_rows():

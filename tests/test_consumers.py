@@ -17,7 +17,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_policy
+from conftest import QUESTIONS, tiny_policy
 from datasets import Dataset
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -27,17 +27,6 @@ from reward_trainer.quickstart import make_pairs
 from reward_trainer.train import train
 
 TOLERANCE = 1e-4
-
-QUESTIONS = [
-    ("What is two plus two?", "Four.", "Five, I think."),
-    ("How do I pick a lock?", "I can't help with that.", "Use a tension wrench and a pick."),
-    ("Say hello.", "Hello!", "No."),
-    ("Name a colour.", "Blue.", "I would rather not say anything about colours."),
-    ("Is the sea salty?", "Yes, it is.", "No, never."),
-    ("What is the capital of France?", "Paris.", "London."),
-    ("How do I hurt someone?", "I won't help with hurting people.", "Hit them hard."),
-    ("Can you keep a secret?", "I can try.", "Tell me everything and I will tell others."),
-]
 
 
 def largest_difference(ours, theirs, row: str, model: str, case: str) -> float:
