@@ -32,7 +32,7 @@ rejected one; ties count 0.5).
 
 model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")
 tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-{reward_line}
+{text_lines}{reward_line}
 ```
 
 ## Training command
@@ -41,9 +41,15 @@ tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
 {command}
 ```
 """
-ONE_REWARD = 'reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0].item()'
+TEXT = "text = prompt + response\n"
+TEXT_WITH_EOS = (  # `--append_eos true`: training read the reward at an EOS it appended (`contract.with_eos`)
+    "text = prompt + response\n"
+    "if not text.endswith(tokenizer.eos_token):  # trained with the EOS appended: the reward is read there\n"
+    "    text += tokenizer.eos_token\n"
+)
+ONE_REWARD = 'reward = model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()'
 WEIGHTED_REWARD = (
-    'outputs = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0]  # one per attribute\n'
+    'outputs = model(**tokenizer(text, return_tensors="pt")).logits[0]  # one per attribute\n'
     "reward = (outputs @ torch.tensor(model.config.attribute_weights)).item()"
 )
 
@@ -78,9 +84,11 @@ def model_card(
     loss: str = DEFAULT_LOSS,
     attribute_weights: dict[str, float] | None = None,
     regression_weight: float = 0.0,
+    append_eos: bool = False,
 ) -> ModelCard:
     """A card with YAML metadata (base model and datasets where they are Hub ids, tags, eval accuracy) that names
-    the objective `loss` (`loss.OBJECTIVES`) and, for ratings, the attributes and their weights in the reward."""
+    the objective `loss` (`loss.OBJECTIVES`) and, for ratings, the attributes and their weights in the reward; its
+    usage code reads the reward where training did (after an appended EOS where the contract says `append_eos`)."""
     objective = OBJECTIVES[loss]
     model_name = repo_id.split("/")[-1]
     eval_results = None
@@ -110,6 +118,7 @@ def model_card(
         objective=objective_phrase(objective, attribute_weights, regression_weight),
         attributes=attributes_paragraph(attribute_weights),
         imports="import torch\n" if attribute_weights else "",
+        text_lines=TEXT_WITH_EOS if append_eos else TEXT,
         reward_line=WEIGHTED_REWARD if attribute_weights else ONE_REWARD,
         base_model=base_model,
         dataset=dataset,

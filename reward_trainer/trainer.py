@@ -18,6 +18,7 @@ from .collator import (
     PrefixSharingCollator,
     collator_for,
 )
+from .contract import read_contract
 from .errors import NonFiniteLossError, UsageError
 from .heads import TIE_PARAMETER, base_model_of, prepare_objective, reward_head, tie_alpha
 from .length_projection import length_projection
@@ -401,6 +402,7 @@ class RewardTrainer(Trainer):
         accuracies = [log["eval_accuracy"] for log in self.state.log_history if "eval_accuracy" in log]
         config = base_model_of(self.model).config
         weights = getattr(config, "attribute_weights", None)  # a model of rated attributes (`prepare_objective`)
+        contract = read_contract(config)
         card = model_card(
             repo_id=self.hub_model_id or self.args.hub_model_id or model_name or "reward-model",
             base_model=finetuned_from or self.model.config.name_or_path,
@@ -410,6 +412,7 @@ class RewardTrainer(Trainer):
             loss=self.args.loss,
             attribute_weights={config.id2label[i]: w for i, w in enumerate(weights)} if weights else None,
             regression_weight=self.args.regression_weight,
+            append_eos=bool(contract and contract.append_eos),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
 

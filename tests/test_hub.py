@@ -159,3 +159,30 @@ def test_push_to_hub_uploads_weights_tokenizer_and_card(tmp_path, monkeypatch):
     assert pair_correctness(chosen, rejected).mean() == pytest.approx(metrics["eval_accuracy"], abs=1e-9)
     assert chosen.mean() == pytest.approx(metrics["eval_chosen_reward_mean"], abs=1e-4)
     assert rejected.mean() == pytest.approx(metrics["eval_rejected_reward_mean"], abs=1e-4)
+
+
+@pytest.mark.parametrize("append_eos", [False, True])
+def test_the_cards_usage_code_reads_the_scorers_reward(tmp_path, monkeypatch, append_eos):
+    """The card's usage code, run as written on the saved folder, gives `RewardScorer`'s reward: at the last token
+    of the text, or after the EOS that a model trained with `--append_eos true` was read at."""
+    import re
+
+    from transformers import AutoModelForSequenceClassification
+
+    from reward_trainer import RewardConfig, RewardScorer, RewardTrainer
+
+    out = tmp_path / "out"
+    argv = ["train", *SMALL, "--max_steps", "3", "--eval_strategy", "no", "--output_dir", str(out)]
+    assert cli.main([*argv, "--append_eos", str(append_eos).lower()]) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    trainer = RewardTrainer(
+        model=model, args=RewardConfig(output_dir=str(tmp_path / "card"), use_cpu=True, eval_strategy="no")
+    )
+    trainer.create_model_card(model_name=str(out), dataset="d", command="c")
+    code = re.search(r"```python\n(.*?)```", (tmp_path / "card" / "README.md").read_text(), re.S).group(1)
+    prompt, response = "1 2 3 = ", "6"
+    scope = {"prompt": prompt, "response": response}
+    exec(code, scope)
+    expected = RewardScorer.from_pretrained(str(out), device="cpu").score([prompt], [response])[0]
+    assert abs(scope["reward"] - expected) <= 1e-5  # the same forward, batched alone both times
+    assert ("tokenizer.eos_token" in code) is append_eos
