@@ -123,6 +123,22 @@ def tiny_policy(tokenizer):
     return GPT2LMHeadModel(tiny_gpt2_config(tokenizer, n_positions=128, n_embd=32, n_head=2))
 
 
+def save_tiny_llama_backbone(path: Path, tokenizer, max_positions: int = 512) -> Path:
+    """A tiny Llama reward backbone (2 layers, hidden 32, grouped-query attention, one score output, seed 0)
+    sized to `tokenizer`, saved in `path` with the tokenizer: what the chat tests train from."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=max_positions, num_labels=1,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def subprocess_env(*extra_paths: Path, **extra) -> dict:
     """The environment of a subprocess that runs this checkout: the repository root first on PYTHONPATH, so the
     child imports the `reward_trainer` next to these tests whatever is installed; then `extra_paths`, then the

@@ -6,13 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import QUESTIONS
+from conftest import QUESTIONS, save_tiny_llama_backbone
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
 )
 
@@ -65,17 +63,7 @@ def chatml_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="module")
 def chat_backbone(tmp_path_factory):
     """A tiny Llama (2 layers, hidden 32, grouped-query attention) saved with the ChatML tokenizer."""
-    path = tmp_path_factory.mktemp("tiny-chat-llama")
-    tokenizer = chatml_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama_backbone(tmp_path_factory.mktemp("tiny-chat-llama"), chatml_tokenizer(), max_positions=256)
 
 
 @pytest.fixture(scope="module")

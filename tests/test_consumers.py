@@ -18,7 +18,7 @@ import json
 
 import pytest
 import torch
-from conftest import QUESTIONS, REPO_ROOT, tiny_policy
+from conftest import QUESTIONS, REPO_ROOT, save_tiny_llama_backbone, tiny_policy
 from datasets import Dataset
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -84,18 +84,9 @@ def test_the_stored_tokenizer_is_the_wheels(smollm2_tokenizer):
 def chat_rm(tmp_path_factory, smollm2_tokenizer):
     """A tiny Llama (2 layers, hidden 32, SmolLM2's 49,152-token vocabulary) trained for 4 steps on HH-style pairs,
     which training renders with SmolLM2's chat template (`implicit_prompt_rendering` auto)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     root = tmp_path_factory.mktemp("chat-rm")
     tokenizer = smollm2_tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    LlamaForSequenceClassification(config).save_pretrained(root / "backbone")
-    tokenizer.save_pretrained(root / "backbone")
+    save_tiny_llama_backbone(root / "backbone", tokenizer)
     pairs = root / "hh.jsonl"
     rows = [{"chosen": hh_text(q, good), "rejected": hh_text(q, bad)} for q, good, bad in QUESTIONS]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
