@@ -219,7 +219,8 @@ def gguf_cache_dir() -> str:
 def dequantized_gguf(name: str, gguf_file: str, revision: str = "main") -> str:
     """A folder holding GGUF checkpoint `gguf_file` (in local folder or Hub repo `name`) as a safetensors causal
     LM (language-model head included: a reward model loads its backbone from it, a best-of-n policy all of it),
-    with its tokenizer. Made once: transformers dequantizes the file and the folder is written to a temporary name and renamed, so it is complete or absent."""
+    with its tokenizer. Made once: transformers dequantizes the file, and the folder is written to a temporary name
+    and renamed, so it is complete or absent."""
     path = os.path.join(name, gguf_file)
     stamp = (
         f"{os.path.abspath(path)}:{os.path.getsize(path)}:{os.stat(path).st_mtime_ns}"
